@@ -1,0 +1,66 @@
+"""Image plotting helpers shared by the chapters."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+from torch import Tensor
+
+__all__ = ["to_numpy_image", "show_image", "draw_patch_grid", "show_patch_tokens"]
+
+
+def to_numpy_image(image: Tensor | np.ndarray) -> np.ndarray:
+    """(C, H, W) or (H, W, C) tensor/array in [0, 1] -> (H, W, C) float array clipped to [0, 1]."""
+    if isinstance(image, Tensor):
+        image = image.detach().float().cpu()
+        if image.ndim == 3 and image.shape[0] in (1, 3):
+            image = image.permute(1, 2, 0)
+        image = image.numpy()
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    return np.clip(image, 0.0, 1.0)
+
+
+def show_image(image: Tensor | np.ndarray, ax: plt.Axes | None = None, title: str | None = None) -> plt.Axes:
+    """Show one image without axes ticks."""
+    ax = ax if ax is not None else plt.gca()
+    ax.imshow(to_numpy_image(image), cmap="gray" if to_numpy_image(image).ndim == 2 else None)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def draw_patch_grid(image: Tensor | np.ndarray, patch_size: int, ax: plt.Axes | None = None,
+                    title: str | None = None, numbers: bool = True, color: str = "white") -> plt.Axes:
+    """Show an image with its patch grid drawn on top, each patch numbered in token order."""
+    ax = show_image(image, ax, title)
+    H, W = to_numpy_image(image).shape[:2]
+    for y in range(0, H + 1, patch_size):
+        ax.axhline(y - 0.5, color=color, lw=0.8)
+    for x in range(0, W + 1, patch_size):
+        ax.axvline(x - 0.5, color=color, lw=0.8)
+    if numbers and (H // patch_size) * (W // patch_size) <= 256:
+        for i in range(H // patch_size):
+            for j in range(W // patch_size):
+                ax.text(j * patch_size + 2, i * patch_size + 2, str(i * (W // patch_size) + j),
+                        color=color, fontsize=6, va="top", ha="left",
+                        bbox=dict(facecolor="black", alpha=0.4, pad=0.5, lw=0))
+    return ax
+
+
+def show_patch_tokens(patches: Tensor, patch_size: int, count: int | None = None,
+                      fig: plt.Figure | None = None, title: str | None = None) -> plt.Figure:
+    """Lay flattened patches (N, C*P*P) out as a sequence: one small image per token, left to right."""
+    N = patches.shape[0] if count is None else min(count, patches.shape[0])
+    C = patches.shape[1] // (patch_size * patch_size)
+    fig = fig if fig is not None else plt.figure(figsize=(min(N, 28) * 0.5, 0.9))
+    axes = fig.subplots(1, N, squeeze=False)[0]
+    for n, ax in enumerate(axes):
+        show_image(patches[n].reshape(C, patch_size, patch_size), ax)
+        ax.set_xlabel(str(n), fontsize=6, labelpad=1)
+    if title:
+        fig.suptitle(title, y=1.15, fontsize=10)
+    return fig

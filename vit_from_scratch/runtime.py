@@ -1,0 +1,78 @@
+"""Runtime helpers shared by every chapter: device, seeding, the quick flag, an environment report."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+
+import numpy as np
+import torch
+
+__all__ = ["pick_device", "seed_everything", "is_quick", "budget", "environment_report"]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """Return the best available device: CUDA, then Apple MPS, then CPU.
+
+    Args:
+        prefer: force a device ("cuda", "mps", "cpu"); the environment variable
+            ``VIT_DEVICE`` does the same when this is ``None``.
+    """
+    prefer = prefer or os.environ.get("VIT_DEVICE") or None
+    if prefer is not None:
+        device = torch.device(prefer)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {prefer!r} was requested but CUDA is not available; "
+                               "unset VIT_DEVICE or pass prefer=None to choose automatically.")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise RuntimeError(f"device {prefer!r} was requested but MPS is not available; "
+                               "unset VIT_DEVICE or pass prefer=None to choose automatically.")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python's, NumPy's and torch's generators (all devices) with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def is_quick() -> bool:
+    """True when ``VIT_QUICK`` asks for the quick budget (pytest sets ``VIT_QUICK=1``)."""
+    value = os.environ.get("VIT_QUICK", "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"VIT_QUICK={value!r} is not understood; use 1 (quick budget) or 0 (full budget).")
+
+
+def budget(full, quick):
+    """Pick the full or the quick value of a size, by :func:`is_quick`. Same code path, other sizes."""
+    return quick if is_quick() else full
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    cpu = platform.processor() or platform.machine()
+    return f"CPU ({cpu}, {os.cpu_count()} cores)"
+
+
+def environment_report(device: torch.device | None = None) -> str:
+    """One line saying what this ran on: device name, torch version and budget mode."""
+    device = device if device is not None else pick_device()
+    mode = "quick (VIT_QUICK=1)" if is_quick() else "full"
+    return (f"device: {_device_name(device)} | torch {torch.__version__} | "
+            f"python {platform.python_version()} | mode: {mode}")
