@@ -1,0 +1,58 @@
+"""runtime.py: device choice, seeding, the quick flag, the environment report."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from vit_from_scratch import budget, environment_report, is_quick, pick_device, seed_everything
+
+
+def test_pick_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    monkeypatch.delenv("VIT_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device().type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert pick_device().type == "mps"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert pick_device().type == "cpu"
+
+
+def test_pick_device_honours_request_and_refuses_missing_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("VIT_DEVICE", "cpu")
+    assert pick_device().type == "cpu"
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        pick_device("cuda")
+
+
+def test_seed_everything_makes_all_generators_repeat():
+    seed_everything(123)
+    a = (random.random(), np.random.rand(), torch.rand(3))
+    seed_everything(123)
+    b = (random.random(), np.random.rand(), torch.rand(3))
+    assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
+
+
+@pytest.mark.parametrize("value,quick", [("1", True), ("true", True), ("0", False), ("", False), ("off", False)])
+def test_quick_flag_and_budget(monkeypatch, value, quick):
+    monkeypatch.setenv("VIT_QUICK", value)
+    assert is_quick() is quick
+    assert budget(full=100, quick=2) == (2 if quick else 100)
+
+
+def test_quick_flag_rejects_nonsense(monkeypatch):
+    monkeypatch.setenv("VIT_QUICK", "maybe")
+    with pytest.raises(ValueError, match="VIT_QUICK='maybe'"):
+        is_quick()
+
+
+def test_environment_report_names_device_torch_and_mode(monkeypatch):
+    monkeypatch.setenv("VIT_QUICK", "1")
+    line = environment_report(torch.device("cpu"))
+    assert "CPU" in line and torch.__version__ in line and "quick" in line
+    assert "\n" not in line
+    monkeypatch.setenv("VIT_QUICK", "0")
+    assert "mode: full" in environment_report(torch.device("cpu"))
