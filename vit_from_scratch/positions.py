@@ -28,7 +28,8 @@ def _check_grid(grid_size: int | tuple[int, int], name: str) -> tuple[int, int]:
 def learned_pos_embed(num_tokens: int, dim: int, std: float = 0.02) -> nn.Parameter:
     """A learned position embedding, one row per token, truncated-normal initialised (the ViT default).
 
-    Values are drawn from N(0, std²) and redrawn outside ±2·std, as in timm and the ViT code.
+    Values are drawn from N(0, std²) and redrawn outside ±2·std. (The ViT code draws N(0, 0.02²);
+    timm calls ``trunc_normal_(std=0.02)``, whose default cut-off ±2 is absolute, i.e. 100 std away.)
 
     Args:
         num_tokens: prefix tokens plus patches, ``T + N`` (197 for ViT-B/16 at 224 pixels).
