@@ -438,8 +438,9 @@ class VisionTransformer(nn.Module):
                          **overrides: Any) -> VisionTransformer:
         """A model with the weights of a torchvision ViT (``vit_b_16`` and friends, or their state dict).
 
-        The configuration is read from the module, or from the state dict's shapes (then
-        ``num_heads`` defaults to ``dim // 64``, the head width of every torchvision size).
+        The configuration is read from the module, or from the state dict's shapes; a state dict does
+        not record the number of heads, so ``num_heads`` defaults to torchvision's choice for the width
+        (12 for 768, 16 for 1024 and 1280), else ``dim // 64``.
         """
         config = config_from_torchvision(source, num_heads=num_heads)
         if overrides:
@@ -492,6 +493,7 @@ def torchvision_kwargs(config: ViTConfig) -> dict[str, Any]:
     return kwargs
 
 
+_TV_HEADS = {768: 12, 1024: 16, 1280: 16}  # torchvision's B, L and H widths -> heads (H/14 has 80-wide heads)
 _TV_BLOCK = r"encoder\.layers\.encoder_layer_(\d+)\."
 _TV_RULES = [  # torchvision key -> our (timm's) key
     (r"class_token", "cls_token"),
@@ -559,9 +561,11 @@ def config_from_torchvision(source: nn.Module | Mapping[str, Tensor], *, num_hea
         fields_.update(num_heads=module.encoder.layers[0].num_heads, dropout=module.dropout,
                        attn_dropout=module.attention_dropout, norm_eps=module.encoder.ln.eps)
     else:
-        if num_heads is None and D % 64:
-            raise ValueError(f"cannot guess the number of heads for width {D}; pass num_heads=")
-        fields_["num_heads"] = num_heads if num_heads is not None else D // 64
+        if num_heads is None:
+            num_heads = _TV_HEADS.get(D, D // 64 if D % 64 == 0 else None)
+        if num_heads is None:
+            raise ValueError(f"cannot guess the number of heads for width {D} from a state dict; pass num_heads=")
+        fields_["num_heads"] = num_heads
     if module is not None and num_heads is not None and num_heads != fields_["num_heads"]:
         raise ValueError(f"num_heads={num_heads} disagrees with the module's {fields_['num_heads']}")
     return ViTConfig(**fields_)

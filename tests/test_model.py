@@ -1,0 +1,324 @@
+"""Unit tests for vit_from_scratch.model (Chapter 5): config, sizes, counts, timm and torchvision layouts."""
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from vit_from_scratch.model import (NAMED_SIZES, VisionTransformer, ViTConfig, config_from_torchvision,
+                                    convert_torchvision_state_dict, timm_kwargs, torchvision_kwargs, vit_config)
+from vit_from_scratch.positions import resize_pos_embed
+
+timm_vit = pytest.importorskip("timm.models.vision_transformer")
+
+TINY = dict(image_size=32, patch_size=8, num_classes=5, dim=32, depth=2, num_heads=4)
+
+
+def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random values everywhere (the zero head and unit norms would hide mistakes)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            is_norm_scale = "norm" in name and name.endswith("weight")
+            p.copy_(0.2 * torch.randn(p.shape, generator=g) + (1.0 if is_norm_scale else 0.0))
+    return model
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# --- configuration ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(TINY, pool="max"), "pool must be 'cls'"),
+    (dict(TINY, pos_embed="rope"), "pos_embed must be 'learned' or 'sincos'"),
+    (dict(TINY, num_heads=3), "must be divisible by num_heads=3"),
+    (dict(TINY, patch_size=5), "does not divide the image size"),
+    (dict(TINY, dim=34, num_heads=2, pos_embed="sincos"), "divisible by 4"),
+    (dict(TINY, dropout=1.0), "dropout must be a probability"),
+    (dict(TINY, depth=0), "depth must be a positive integer"),
+    (dict(TINY, class_token=False), "pool='cls' reads the class token"),
+])
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ViTConfig(**kwargs)
+
+
+def test_config_round_trips_through_a_dict_and_rejects_unknown_fields():
+    c = ViTConfig(**TINY, pool="mean", pos_embed="sincos")
+    assert ViTConfig.from_dict(c.to_dict()) == c
+    with pytest.raises(TypeError, match="unknown ViTConfig field"):
+        ViTConfig.from_dict({**c.to_dict(), "width": 3})
+    with pytest.raises(TypeError, match="unknown ViTConfig field"):
+        VisionTransformer(c, hidden=3)
+
+
+def test_derived_sizes_of_vit_b16():
+    c = vit_config("B/16")
+    assert (c.grid_size, c.num_patches, c.num_tokens, c.mlp_dim) == ((14, 14), 196, 197, 3072)
+    assert ViTConfig(**TINY, pool="mean").num_tokens == 16  # no class token with mean pooling
+
+
+@pytest.mark.parametrize("alias, name", [("ViT-B/16", "B/16"), ("vit_b_16", "B/16"), ("h14", "H/14"),
+                                         ("vit_cifar_tiny", "cifar-tiny"), ("cifar_small", "cifar-small"),
+                                         ("ViT-Ti/16", "Ti/16")])
+def test_named_sizes_accept_common_spellings(alias, name):
+    assert vit_config(alias) == ViTConfig(**NAMED_SIZES[name])
+    assert ViTConfig.named(alias, num_classes=10).num_classes == 10
+
+
+def test_unknown_size_lists_the_known_ones():
+    with pytest.raises(ValueError, match="known sizes: .*cifar-tiny"):
+        vit_config("vit_gigantic")
+
+
+# --- counting ------------------------------------------------------------------------------------------
+
+# Dosovitskiy et al. (2021), Table 1; Touvron et al. (2021), Table 1 (DeiT-Ti 5M, DeiT-S 22M).
+PAPER_PARAMS = {"Ti/16": 5.7e6, "S/16": 22e6, "B/16": 86e6, "L/16": 307e6, "H/14": 632e6}
+# DeiT's "FLOPs" column counts multiply-accumulates: 1.3G, 4.6G, 17.6G.
+DEIT_MACS = {"Ti/16": 1.3e9, "S/16": 4.6e9, "B/16": 17.6e9}
+
+
+@pytest.mark.parametrize("name", list(PAPER_PARAMS))
+def test_named_sizes_match_the_papers_parameter_counts(name):
+    c = vit_config(name)
+    assert abs(c.num_params() - PAPER_PARAMS[name]) / PAPER_PARAMS[name] < 0.01
+    with torch.device("meta"):  # count without allocating memory
+        model = VisionTransformer(c)
+    assert n_params(model) == c.num_params()
+
+
+@pytest.mark.parametrize("name", list(DEIT_MACS))
+def test_named_sizes_match_deits_flop_counts(name):
+    assert abs(vit_config(name).macs() - DEIT_MACS[name]) / DEIT_MACS[name] < 0.05  # DeiT rounds 1.25 to 1.3
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(pool="mean"), dict(pos_embed="sincos"), dict(qkv_bias=False),
+                                       dict(pool="mean", class_token=True, fc_norm=False), dict(in_channels=1),
+                                       dict(mlp_ratio=2.0)])
+def test_parameter_formula_matches_the_model(overrides):
+    c = ViTConfig(**{**TINY, **overrides})
+    assert c.num_params() == n_params(VisionTransformer(c))
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(pool="mean"), dict(image_size=48, patch_size=4, dim=24, num_heads=2)])
+def test_flop_formula_matches_torchs_flop_counter(overrides):
+    c = ViTConfig(**{**TINY, **overrides})
+    model = VisionTransformer(c).eval()
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, c.in_channels, c.image_size, c.image_size))  # MATH: attention as countable matmuls
+    assert counter.get_total_flops() == c.flops() == 2 * c.macs()
+
+
+# --- initialisation and forward --------------------------------------------------------------------------
+
+def test_initialisation_follows_the_reference_implementations():
+    torch.manual_seed(0)
+    model = VisionTransformer(ViTConfig(**{**TINY, "dim": 128}))
+    w = model.blocks[0].mlp.fc1.weight
+    assert w.abs().max() <= 0.04 and abs(w.std().item() - 0.02 * 0.8796) < 0.001  # truncated at 2 std
+    assert torch.count_nonzero(model.blocks[0].mlp.fc1.bias) == 0
+    assert torch.count_nonzero(model.head.weight) == 0 and torch.count_nonzero(model.head.bias) == 0
+    assert model.cls_token.abs().max() < 1e-4
+    logits = model(torch.randn(3, 3, 32, 32))
+    assert torch.equal(logits, torch.zeros(3, 5)), "a zero head starts with every class equally likely"
+
+
+def test_forward_shapes_and_pooling():
+    torch.manual_seed(0)
+    for pool in ("cls", "mean"):
+        model = randomise(VisionTransformer(ViTConfig(**TINY, pool=pool))).eval()
+        x = torch.randn(2, 3, 32, 32)
+        tokens = model.forward_features(x)
+        assert tokens.shape == (2, 16 + (pool == "cls"), 32)
+        pooled = tokens[:, 0] if pool == "cls" else tokens.mean(dim=1)
+        torch.testing.assert_close(model.forward_head(tokens, pre_logits=True), model.fc_norm(pooled))
+        assert model(x).shape == (2, 5)
+        assert (model.cls_token is None) == (pool == "mean")
+
+
+def test_no_weight_decay_names_tokens_and_learned_positions_only():
+    assert VisionTransformer(ViTConfig(**TINY)).no_weight_decay() == {"cls_token", "pos_embed"}
+    assert VisionTransformer(ViTConfig(**TINY, pool="mean", pos_embed="sincos")).no_weight_decay() == set()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = randomise(VisionTransformer(ViTConfig(**TINY))).train()
+    x = torch.randn(2, 3, 32, 32)
+    model(x).square().sum().backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).square().sum().backward()
+    for a, p in zip(plain, model.parameters()):
+        torch.testing.assert_close(p.grad, a)
+
+
+def test_torch_compile_gives_the_same_output_and_gradients():
+    # On CPU the inductor backend spends ~30 s compiling C++; "aot_eager" runs the same graph capture
+    # (TorchDynamo + AOTAutograd) without it. On a GPU the default backend is tested.
+    backend = "inductor" if torch.cuda.is_available() else "aot_eager"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    model = randomise(VisionTransformer(ViTConfig(**TINY, pool="mean"))).to(device).eval()
+    compiled = torch.compile(model, backend=backend)
+    x = torch.randn(2, 3, 32, 32, device=device)
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+    compiled(x).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(x).sum().backward()
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-4)
+
+
+# --- timm --------------------------------------------------------------------------------------------------
+
+TIMM_CONFIGS = [
+    dict(TINY),
+    dict(TINY, pool="mean"),
+    dict(image_size=48, patch_size=16, num_classes=10, dim=48, depth=3, num_heads=3),
+    dict(image_size=28, patch_size=7, num_classes=3, dim=24, depth=1, num_heads=2, in_channels=1),
+    dict(image_size=32, patch_size=4, num_classes=7, dim=64, depth=2, num_heads=8, pos_embed="sincos"),
+    dict(image_size=32, patch_size=8, num_classes=4, dim=32, depth=2, num_heads=2, qkv_bias=False, mlp_ratio=2.0),
+    dict(image_size=32, patch_size=8, num_classes=6, dim=32, depth=2, num_heads=4, pool="mean",
+         class_token=True, fc_norm=False),
+    dict(image_size=32, patch_size=8, num_classes=6, dim=32, depth=2, num_heads=4, norm_eps=1e-5),
+]
+
+
+@pytest.mark.parametrize("kwargs", TIMM_CONFIGS, ids=lambda k: "-".join(f"{v}" for v in k.values()))
+def test_timm_weights_load_with_plain_load_state_dict_and_give_the_same_logits(kwargs):
+    c = ViTConfig(**kwargs)
+    torch.manual_seed(0)
+    ref = randomise(timm_vit.VisionTransformer(**timm_kwargs(c))).eval()
+    ours = VisionTransformer(c).eval()
+    assert list(ours.state_dict()) == list(ref.state_dict()), "same keys, same order"
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, c.in_channels, c.image_size, c.image_size)
+    torch.testing.assert_close(ours.forward_features(x), ref.forward_features(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+    # and back: our weights drive timm's model
+    ref2 = timm_vit.VisionTransformer(**timm_kwargs(c)).eval()
+    ref2.load_state_dict(randomise(ours, seed=1).state_dict())
+    torch.testing.assert_close(ref2(x), ours(x), rtol=1e-5, atol=1e-5)
+
+
+# --- torchvision ---------------------------------------------------------------------------------------------
+
+TV_CONFIGS = [
+    dict(TINY),
+    dict(image_size=48, patch_size=16, num_classes=10, dim=48, depth=3, num_heads=3),
+    dict(image_size=32, patch_size=4, num_classes=1, dim=64, depth=1, num_heads=1, mlp_ratio=2.0),
+]
+
+
+@pytest.mark.parametrize("kwargs", TV_CONFIGS, ids=lambda k: "-".join(f"{v}" for v in k.values()))
+def test_torchvision_models_convert_and_give_the_same_logits(kwargs):
+    c = ViTConfig(**kwargs)
+    torch.manual_seed(0)
+    tv = randomise(torchvision.models.VisionTransformer(**torchvision_kwargs(c))).eval()
+    x = torch.randn(2, 3, c.image_size, c.image_size)
+    expected = tv(x)
+    from_module = VisionTransformer.from_torchvision(tv).eval()
+    assert from_module.config == c
+    torch.testing.assert_close(from_module(x), expected, rtol=1e-5, atol=1e-5)
+    from_state_dict = VisionTransformer.from_torchvision(tv.state_dict(), num_heads=c.num_heads).eval()
+    torch.testing.assert_close(from_state_dict(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("builder, name", [("vit_b_16", "B/16"), ("vit_b_32", "B/32"), ("vit_l_16", "L/16"),
+                                           ("vit_l_32", "L/32"), ("vit_h_14", "H/14")])
+def test_torchvision_sizes_map_to_the_named_sizes(builder, name):
+    with torch.device("meta"):
+        tv = getattr(torchvision.models, builder)()
+    assert config_from_torchvision(tv) == vit_config(name)
+    assert config_from_torchvision(tv.state_dict()) == vit_config(name)  # heads guessed from the width
+    assert n_params(tv) == vit_config(name).num_params()
+
+
+def test_torchvision_state_dict_keys_are_renamed_to_timms():
+    tv = torchvision.models.VisionTransformer(**torchvision_kwargs(ViTConfig(**TINY)))
+    converted = convert_torchvision_state_dict(tv.state_dict())
+    assert sorted(converted) == sorted(VisionTransformer(ViTConfig(**TINY)).state_dict())
+    assert converted["blocks.1.attn.qkv.weight"] is tv.state_dict(keep_vars=True)[
+        "encoder.layers.encoder_layer_1.self_attention.in_proj_weight"] or torch.equal(
+        converted["blocks.1.attn.qkv.weight"], tv.encoder.layers[1].self_attention.in_proj_weight)
+
+
+def test_torchvision_cannot_express_mean_pooling_and_says_so():
+    with pytest.raises(ValueError, match=r"cannot express \['pool', 'class_token', 'fc_norm'\]"):
+        torchvision_kwargs(ViTConfig(**TINY, pool="mean"))
+
+
+def test_torchvision_representation_layer_is_refused_with_a_reason():
+    tv = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2,
+                                              hidden_dim=16, mlp_dim=32, num_classes=3, representation_size=8)
+    with pytest.raises(ValueError, match="representation layer"):
+        convert_torchvision_state_dict(tv.state_dict())
+
+
+# --- errors ----------------------------------------------------------------------------------------------------
+
+def test_wrong_image_size_names_the_expected_size_and_resize_pos_embed():
+    model = VisionTransformer(ViTConfig(**TINY))
+    with pytest.raises(ValueError, match=r"built for 32x32 images .* got 48x48.*resize_pos_embed"):
+        model(torch.randn(1, 3, 48, 48))
+
+
+def test_wrong_channels_and_channels_last_are_explained():
+    model = VisionTransformer(ViTConfig(**TINY))
+    with pytest.raises(ValueError, match="takes 3-channel images .* got 1 channels"):
+        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"channels-last: use images.permute\(0, 3, 1, 2\)"):
+        model(torch.randn(1, 32, 32, 3))
+    with pytest.raises(ValueError, match=r"image.unsqueeze\(0\)"):
+        model(torch.randn(3, 32, 32))
+
+
+def test_incompatible_state_dict_lists_every_mismatch_and_how_to_fix_it():
+    model = VisionTransformer(ViTConfig(**TINY))
+    other = VisionTransformer(ViTConfig(**{**TINY, "num_classes": 7, "depth": 3}))
+    with pytest.raises(RuntimeError) as info:
+        model.load_state_dict(other.state_dict())
+    message = str(info.value)
+    assert "unexpected key(s)" in message and "blocks.2.norm1.weight" in message
+    assert "head.weight: (7, 32) vs (5, 32)" in message and "head.bias: (7,) vs (5,)" in message
+    assert "set depth=3" in message and "set num_classes" in message
+
+
+def test_state_dict_hints_for_positions_prefixes_and_torchvision_layout():
+    model = VisionTransformer(ViTConfig(**TINY))
+    bigger = VisionTransformer(ViTConfig(**{**TINY, "image_size": 48})).state_dict()
+    with pytest.raises(RuntimeError, match=r"pos_embed: \(1, 37, 32\) vs \(1, 17, 32\)(.|\n)*resize_pos_embed"):
+        model.load_state_dict(bigger)
+    prefixed = {f"_orig_mod.{k}": v for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match="torch.compile wrapper"):
+        model.load_state_dict(prefixed)
+    tv = torchvision.models.VisionTransformer(**torchvision_kwargs(ViTConfig(**TINY)))
+    with pytest.raises(RuntimeError, match="from_torchvision"):
+        model.load_state_dict(tv.state_dict())
+
+
+def test_resize_pos_embed_carries_weights_to_a_new_image_size():
+    torch.manual_seed(0)
+    small = randomise(VisionTransformer(ViTConfig(**TINY))).eval()
+    sd = dict(small.state_dict())
+    sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], new_grid=(6, 6), num_prefix_tokens=1)
+    large = VisionTransformer(ViTConfig(**{**TINY, "image_size": 48})).eval()
+    large.load_state_dict(sd)
+    assert large(torch.randn(1, 3, 48, 48)).shape == (1, 5)
+
+
+def test_a_new_head_can_be_fine_tuned_with_strict_false():
+    pretrained = VisionTransformer(ViTConfig(**{**TINY, "num_classes": 1000})).state_dict()
+    backbone = {k: v for k, v in pretrained.items() if not k.startswith("head.")}
+    model = VisionTransformer(ViTConfig(**TINY))
+    result = model.load_state_dict(backbone, strict=False)
+    assert sorted(result.missing_keys) == ["head.bias", "head.weight"]
+    assert torch.equal(model.pos_embed.detach(), pretrained["pos_embed"])
