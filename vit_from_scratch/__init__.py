@@ -1,6 +1,8 @@
 """ViT from Scratch: the package the book builds, one chapter per module."""
 
+from .attention import MultiHeadSelfAttention, attention
 from .patches import PatchEmbedding, check_patch_grid, patchify, unpatchify
+from .positions import learned_pos_embed, position_similarity, resize_pos_embed, sincos_pos_embed_1d, sincos_pos_embed_2d
 from .runtime import budget, environment_report, is_quick, pick_device, seed_everything
 
 __version__ = "0.1.0"
@@ -10,4 +12,8 @@ __all__ = [
     "budget", "environment_report", "is_quick", "pick_device", "seed_everything",
     # chapter 1: patches
     "PatchEmbedding", "check_patch_grid", "patchify", "unpatchify",
+    # chapter 2: positions
+    "learned_pos_embed", "position_similarity", "resize_pos_embed", "sincos_pos_embed_1d", "sincos_pos_embed_2d",
+    # chapter 3: attention
+    "MultiHeadSelfAttention", "attention",
 ]
