@@ -1,0 +1,199 @@
+"""Training: schedule, parameter groups, exact resume, the non-finite guard, config checks, the CLI."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from vit_from_scratch import train as cli
+from vit_from_scratch.data import ImageSet
+from vit_from_scratch.model import VisionTransformer
+from vit_from_scratch.training import (NonFiniteLossError, TrainConfig, build_optimizer, export_weights, fit,
+                                       load_checkpoint, load_trained_model, param_groups, preset, save_checkpoint,
+                                       warmup_cosine)
+
+TINY_MODEL = dict(image_size=16, patch_size=4, num_classes=3, dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
+
+
+def _data(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    images = torch.randint(0, 60, (n, 3, 16, 16), generator=g, dtype=torch.uint8)
+    for c in range(3):  # class c is brighter in channel c: learnable in a few steps
+        images[labels == c, c] += 150
+    return ImageSet(images, labels, ("a", "b", "c"))
+
+
+TRAIN, TEST = _data(96, 0), _data(30, 1)
+
+
+def _config(**kw):
+    return TrainConfig(**{**dict(model=TINY_MODEL, epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.5), **kw})
+
+
+def test_schedule_warmup_peak_and_end():
+    kw = dict(total_steps=100, warmup_steps=10, lr=1e-3, min_lr=1e-5)
+    assert warmup_cosine(0, **kw) == pytest.approx(1e-4)
+    assert warmup_cosine(9, **kw) == pytest.approx(1e-3)  # the last warmup step reaches the peak
+    assert warmup_cosine(10, **kw) == pytest.approx(1e-3)  # cosine starts at the peak
+    assert warmup_cosine(55, **kw) == pytest.approx((1e-3 + 1e-5) / 2)  # half way down
+    assert warmup_cosine(100, **kw) == pytest.approx(1e-5)
+    values = [warmup_cosine(s, **kw) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:])), "cosine part must not increase"
+
+
+def test_scheduler_follows_the_formula_per_step():
+    model = VisionTransformer(_config().vit_config())
+    config = _config(epochs=3, warmup_epochs=1)
+    optimizer, scheduler = build_optimizer(model, config, steps_per_epoch=5)
+    lrs = []
+    for _ in range(15):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [warmup_cosine(s, total_steps=15, warmup_steps=5, lr=config.lr, min_lr=config.min_lr) for s in range(15)]
+    assert lrs == pytest.approx(expected)
+    assert lrs[4] == pytest.approx(config.lr)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(config.min_lr)
+
+
+def test_param_groups_no_decay_on_norms_biases_positions_class_token():
+    model = VisionTransformer(_config().vit_config())
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    kept = {names[id(p)] for p in no_decay["params"]}
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert {"pos_embed", "cls_token", "norm.weight", "norm.bias", "head.bias", "blocks.0.attn.qkv.bias"} <= kept
+    assert {"patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "blocks.1.mlp.fc2.weight", "head.weight"} <= decayed
+    assert decayed.isdisjoint(kept) and len(decayed | kept) == len(list(model.parameters()))
+
+
+def test_training_lowers_the_loss_and_writes_history(tmp_path):
+    result = fit(_config(epochs=3), train_set=TRAIN, test_set=TEST, out_dir=tmp_path, device="cpu", progress=False,
+                 log=None)
+    h = result.history
+    assert [r["epoch"] for r in h] == [1, 2, 3]
+    assert h[-1]["train_loss"] < h[0]["train_loss"]
+    saved = json.loads((tmp_path / "history.json").read_text())
+    assert saved["history"] == h and saved["classes"] == ["a", "b", "c"]
+    for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "images_per_s", "epoch_time_s"):
+        assert key in h[0]
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "rng", "config", "loader"} <= set(state)
+
+
+@pytest.mark.parametrize("mix", [{}, dict(mixup=0.8, cutmix=1.0, model={**TINY_MODEL, "drop_path": 0.1})])
+def test_two_epochs_equal_one_plus_resume_plus_one(tmp_path, mix):
+    config = _config(**mix)
+    straight = fit(config, train_set=TRAIN, test_set=TEST, out_dir=tmp_path / "a", device="cpu", progress=False,
+                   log=None)
+    fit(config, train_set=TRAIN, test_set=TEST, out_dir=tmp_path / "b", device="cpu", progress=False, log=None,
+        stop_after_epochs=1)
+    torch.manual_seed(12345)  # whatever happens between the two calls must not matter
+    resumed = fit(config, train_set=TRAIN, test_set=TEST, out_dir=tmp_path / "b", device="cpu", progress=False,
+                  log=None, resume=True)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
+
+
+def test_resume_refuses_another_configuration(tmp_path):
+    fit(_config(epochs=1), train_set=TRAIN, test_set=TEST, out_dir=tmp_path, device="cpu", progress=False, log=None)
+    other = _config(epochs=1, model={**TINY_MODEL, "dim": 64}, lr=1e-3)
+    with pytest.raises(ValueError) as info:
+        fit(other, train_set=TRAIN, test_set=TEST, out_dir=tmp_path, device="cpu", progress=False, log=None,
+            resume=True)
+    assert "another configuration" in str(info.value) and "lr:" in str(info.value) and "'dim': 64" in str(info.value)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = _config(epochs=3)
+    fit(config, train_set=TRAIN, test_set=TEST, out_dir=tmp_path, device="cpu", progress=False, log=None,
+        stop_after_epochs=1)
+    good = (tmp_path / "last.pt").read_bytes()
+    bad = ImageSet(TRAIN.images, TRAIN.labels, TRAIN.classes)
+    original = VisionTransformer.forward
+    try:
+        VisionTransformer.forward = lambda self, x: original(self, x) * float("nan")
+        with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
+            fit(config, train_set=bad, test_set=TEST, out_dir=tmp_path, device="cpu", progress=False, log=None,
+                resume=True)
+    finally:
+        VisionTransformer.forward = original
+    assert (tmp_path / "last.pt").read_bytes() == good
+    assert not list(tmp_path.glob(".*tmp*")), "no temporary files left behind"
+
+
+def test_checkpoint_write_is_atomic(tmp_path):
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, a=torch.ones(3))
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint(path, a=Boom())
+    assert torch.equal(load_checkpoint(path)["a"], torch.ones(3)), "a failed write must leave the old file intact"
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+
+
+def test_class_count_mismatch_is_explained():
+    with pytest.raises(ValueError, match="num_classes"):
+        fit(_config(model={**TINY_MODEL, "num_classes": 10}), train_set=TRAIN, test_set=TEST, device="cpu",
+            progress=False, log=None)
+
+
+def test_config_errors_and_presets():
+    with pytest.raises(ValueError, match="amp"):
+        TrainConfig(amp="fp8")
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("imagenet")
+    config = preset("cifar10-cpu", epochs=3, model={"depth": 2})
+    assert config.epochs == 3 and config.model["depth"] == 2 and config.model["dim"] == preset("cifar10-cpu").model["dim"]
+
+
+def test_export_and_load_trained_model_round_trip(tmp_path):
+    result = fit(_config(epochs=1), train_set=TRAIN, test_set=TEST, out_dir=tmp_path / "run", device="cpu",
+                 progress=False, log=None)
+    path = export_weights(result.checkpoint, "tiny", note="unit test", directory=tmp_path / "w")
+    model, info = load_trained_model("tiny", directory=tmp_path / "w", device="cpu")
+    assert path.exists() and info["note"] == "unit test" and info["classes"] == ["a", "b", "c"]
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = result.model.eval()(x)
+        torch.testing.assert_close(model(x), expected, atol=2e-2, rtol=2e-2)  # float16 storage
+    with pytest.raises(FileNotFoundError, match="06_training"):
+        load_trained_model("missing", directory=tmp_path / "w")
+
+
+def test_cli_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    for f in TrainConfig.__dataclass_fields__:
+        assert "--" + f.replace("_", "-") in text
+
+
+def test_cli_tiny_run_end_to_end(tmp_path, capsys):
+    # an image-folder tree the test writes itself, 16 px, 3 classes
+    from PIL import Image
+
+    for split, data in (("train", TRAIN), ("test", TEST)):
+        for i, (image, label) in enumerate(zip(data.images, data.labels)):
+            folder = tmp_path / "data" / split / data.classes[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+    args = ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--device", "cpu",
+            "--model", json.dumps(TINY_MODEL), "--epochs", "2", "--batch-size", "16", "--no-progress"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "epoch   2/2" in out and "done: test accuracy" in out
+    assert cli.main(args + ["--resume"]) == 0  # already finished: resumes and does nothing more
+    assert cli.main(args + ["--resume", "--lr", "0.5"]) == 1
+    assert "another configuration" in capsys.readouterr().err
+    assert math.isfinite(json.loads((tmp_path / "run" / "history.json").read_text())["history"][-1]["test_loss"])

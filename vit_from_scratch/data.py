@@ -1,0 +1,361 @@
+"""Chapter 6: data. CIFAR-10 (or any image-folder data set) held in memory, augmented in batches.
+
+Images are decoded once into one ``uint8`` tensor (B, C, H, W) and kept there: on a GPU the whole
+set lives on the device and every augmentation runs on whole batches, as the fastest CIFAR-10
+trainers do. Per-sample policies (TrivialAugment, RandAugment) run in DataLoader worker processes.
+
+Where the data comes from (``VIT_DATA_DIR``, else ``~/.cache/vit_from_scratch/data``):
+
+* an image-folder tree ``<root>/train/<class>/*`` and ``<root>/test/<class>/*`` (also under
+  ``<root>/cifar10-jpeg/``, what ``cifar10-jpeg.tar.gz`` unpacks to); class names are the folders;
+* torchvision's own CIFAR-10 layout ``<root>/cifar-10-batches-py``, downloaded when allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "ImageSet", "default_data_dir", "find_image_folder",
+    "load_image_folder", "load_cifar10", "channel_stats", "Augment", "BatchLoader", "WorkerLoader",
+    "make_loader", "mixup_cutmix",
+]
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# Statistics of the original CIFAR-10 training set (per channel, pixel values in [0, 1]).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff"}
+
+
+@dataclass
+class ImageSet:
+    """A decoded image data set: ``images`` uint8 (N, C, H, W), ``labels`` int64 (N,), class names."""
+
+    images: Tensor
+    labels: Tensor
+    classes: tuple[str, ...]
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"{self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def subset(self, n: int | None, seed: int = 0) -> ImageSet:
+        """The first ``n`` images of a fixed random permutation, stratified by nothing: a quick budget's slice."""
+        if n is None or n >= len(self):
+            return self
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        return ImageSet(self.images[order], self.labels[order], self.classes, self.source + f" (subset of {n})")
+
+    def to(self, device: torch.device | str) -> ImageSet:
+        return ImageSet(self.images.to(device), self.labels.to(device), self.classes, self.source)
+
+
+def default_data_dir() -> Path:
+    """``VIT_DATA_DIR`` if set, else ``~/.cache/vit_from_scratch/data``."""
+    env = os.environ.get("VIT_DATA_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "vit_from_scratch" / "data"
+
+
+def find_image_folder(root: str | os.PathLike, names: Sequence[str] = ("cifar10-jpeg", "cifar10")) -> Path | None:
+    """The folder holding ``train/`` and ``test/`` class folders: ``root`` itself or ``root/<name>``."""
+    root = Path(root)
+    for candidate in [root, *(root / n for n in names)]:
+        if (candidate / "train").is_dir() and (candidate / "test").is_dir():
+            return candidate
+    return None
+
+
+def _decode(path: Path) -> Tensor:
+    from torchvision.io import ImageReadMode, decode_image
+
+    data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+    return decode_image(data, mode=ImageReadMode.RGB)
+
+
+def load_image_folder(split_dir: str | os.PathLike, *, cache: bool = True) -> ImageSet:
+    """Decode every image of ``split_dir/<class>/*`` into one uint8 tensor (all images the same size).
+
+    The decoded tensor is cached beside the tree (``.decoded-<hash>.pt``), keyed by the file list,
+    so the next run loads in a second instead of decoding again.
+    """
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"no folder {split_dir}: expected one sub-folder of images per class")
+    classes = tuple(sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    files: list[tuple[Path, int]] = []
+    for label, name in enumerate(classes):
+        files += [(p, label) for p in sorted((split_dir / name).iterdir()) if p.suffix.lower() in _IMAGE_SUFFIXES]
+    if not files:
+        raise FileNotFoundError(f"no images found in {split_dir}/<class>/ (looked for {sorted(_IMAGE_SUFFIXES)})")
+    key = hashlib.sha1("\n".join(f"{p.relative_to(split_dir)}:{p.stat().st_size}" for p, _ in files).encode())
+    cache_file = split_dir.parent / f".decoded-{split_dir.name}-{key.hexdigest()[:12]}.pt"
+    if cache and cache_file.exists():
+        saved = torch.load(cache_file, weights_only=True)
+        return ImageSet(saved["images"], saved["labels"], tuple(saved["classes"]), str(split_dir))
+    first = _decode(files[0][0])
+    images = torch.empty((len(files), *first.shape), dtype=torch.uint8)
+    for i, (path, _) in enumerate(files):
+        image = first if i == 0 else _decode(path)
+        if image.shape != first.shape:
+            raise ValueError(f"{path} is {tuple(image.shape)}, the first image was {tuple(first.shape)}: "
+                             "resize the data set to one size first (this loader keeps images in one tensor)")
+        images[i] = image
+    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    if cache:
+        tmp = cache_file.with_suffix(".tmp")
+        try:
+            torch.save({"images": images, "labels": labels, "classes": list(classes)}, tmp)
+            os.replace(tmp, cache_file)
+        except OSError:  # a read-only data folder: no cache, no harm
+            tmp.unlink(missing_ok=True)
+    return ImageSet(images, labels, classes, str(split_dir))
+
+
+def _load_torchvision_cifar10(root: Path, train: bool, download: bool) -> ImageSet:
+    from torchvision.datasets import CIFAR10
+
+    ds = CIFAR10(str(root), train=train, download=download)
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> (N, 3, 32, 32)
+    return ImageSet(images, torch.tensor(ds.targets, dtype=torch.int64), tuple(ds.classes),
+                    f"{root}/cifar-10-batches-py")
+
+
+def load_cifar10(root: str | os.PathLike | None = None, *, download: bool | None = None) -> tuple[ImageSet, ImageSet]:
+    """(train, test) CIFAR-10 from ``root`` (default :func:`default_data_dir`).
+
+    Looks for an image-folder tree first, then torchvision's layout; downloads with torchvision only
+    when ``download`` is true (``None``: try, and explain if it fails).
+    """
+    root = Path(root) if root is not None else default_data_dir()
+    folder = find_image_folder(root)
+    if folder is not None:
+        return load_image_folder(folder / "train"), load_image_folder(folder / "test")
+    if (root / "cifar-10-batches-py").is_dir():
+        return _load_torchvision_cifar10(root, True, False), _load_torchvision_cifar10(root, False, False)
+    if download is not False:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            return _load_torchvision_cifar10(root, True, True), _load_torchvision_cifar10(root, False, True)
+        except Exception as error:  # no network, a proxy, a read-only disk...
+            reason = f"downloading failed ({type(error).__name__}: {error})"
+    else:
+        reason = "download=False"
+    raise FileNotFoundError(
+        f"CIFAR-10 was not found in {root} and {reason}. Either\n"
+        f"  1. put an image-folder tree there: {root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg "
+        "(e.g. tar -xzf cifar10-jpeg.tar.gz -C <dir>), or\n"
+        f"  2. put torchvision's layout there: {root}/cifar-10-batches-py (downloaded by "
+        "torchvision.datasets.CIFAR10(root, download=True) where there is network),\n"
+        "and point the environment variable VIT_DATA_DIR at that folder (or pass root=...)."
+    )
+
+
+def channel_stats(images: Tensor, batch: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of uint8 images (N, C, H, W), as values in [0, 1]."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for start in range(0, len(images), batch):
+        x = images[start:start + batch].to(torch.float64) / 255
+        total += x.sum(dim=(0, 2, 3))
+        squares += (x * x).sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (squares / count - mean**2).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+# --------------------------------------------------------------------------- augmentation in batches
+
+
+class Augment:
+    """Batched augmentation of uint8 images on their own device: random crop with zero padding and
+    horizontal flip, drawn independently for every image, then normalisation to float.
+
+    ``policy`` ("trivialaugment" or "randaugment") adds torchvision's per-image policy, applied
+    image by image (use :class:`WorkerLoader` on a CPU to spread that over worker processes).
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], *, train: bool, padding: int = 4,
+                 flip: bool = True, policy: str | None = None) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.train, self.padding, self.flip = train, padding, flip
+        self.policy = _policy(policy) if train else None
+
+    def geometric(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Random crop (with ``padding``) and flip, per image, in one batched gather. uint8 in, uint8 out."""
+        B, C, H, W = images.shape
+        p = self.padding
+        if p:
+            padded = F.pad(images, (p, p, p, p))  # (B, C, H+2p, W+2p), zeros outside
+            dy = torch.randint(0, 2 * p + 1, (B,), generator=generator, device="cpu").to(images.device)
+            dx = torch.randint(0, 2 * p + 1, (B,), generator=generator, device="cpu").to(images.device)
+            rows = (dy.view(B, 1) + torch.arange(H, device=images.device)).view(B, 1, H, 1).expand(B, C, H, W + 2 * p)
+            images = padded.gather(2, rows)  # (B, C, H, W+2p)
+            cols = (dx.view(B, 1) + torch.arange(W, device=images.device)).view(B, 1, 1, W).expand(B, C, H, W)
+            images = images.gather(3, cols)  # (B, C, H, W)
+        if self.flip:
+            flip = torch.rand(B, generator=generator, device="cpu").to(images.device) < 0.5
+            images = torch.where(flip.view(B, 1, 1, 1), images.flip(3), images)
+        return images
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """uint8 (B, C, H, W) -> float32, standardised with the data set's mean and std."""
+        x = images.float().div_(255)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        if self.train:
+            images = self.geometric(images, generator)
+            if self.policy is not None:
+                images = torch.stack([self.policy(im) for im in images])
+        return self.normalize(images)
+
+
+def _policy(name: str | None):
+    if name is None or name == "none":
+        return None
+    from torchvision.transforms import v2
+
+    policies = {"trivialaugment": v2.TrivialAugmentWide, "randaugment": v2.RandAugment,
+                "autoaugment": v2.AutoAugment}
+    if name not in policies:
+        raise ValueError(f"unknown augmentation policy {name!r}; choose one of {sorted(policies)} or 'none'")
+    return policies[name]()
+
+
+class BatchLoader:
+    """Batches straight from an in-memory :class:`ImageSet` (on any device), augmented in batches.
+
+    Every epoch draws a new permutation from its own generator, so a run is reproducible and
+    resumable: ``state_dict()`` holds the generator state.
+    """
+
+    def __init__(self, data: ImageSet, batch_size: int, augment: Augment, *, shuffle: bool,
+                 drop_last: bool = False, seed: int = 0, device: torch.device | str | None = None) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.data = data.to(device) if device is not None else data
+        self.batch_size, self.augment, self.shuffle, self.drop_last = batch_size, augment, shuffle, drop_last
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        n = len(self.data)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n = len(self.data)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = order.to(self.data.images.device)
+        for i in range(len(self)):
+            index = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self.augment(self.data.images[index], self.generator), self.data.labels[index]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class _PolicyDataset(torch.utils.data.Dataset):
+    def __init__(self, data: ImageSet, augment: Augment) -> None:
+        self.data, self.augment = data, augment
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        image = self.augment.geometric(self.data.images[i:i + 1])[0]
+        if self.augment.policy is not None:
+            image = self.augment.policy(image)
+        return image, self.data.labels[i]
+
+
+class WorkerLoader:
+    """A DataLoader over an in-memory :class:`ImageSet` for per-image policies: worker processes crop,
+    flip and apply the policy to uint8 images; normalisation happens batched in the main process."""
+
+    def __init__(self, data: ImageSet, batch_size: int, augment: Augment, *, shuffle: bool,
+                 drop_last: bool = False, seed: int = 0, num_workers: int | None = None) -> None:
+        if num_workers is None:
+            num_workers = max(1, min(4, (os.cpu_count() or 2) - 1))
+        self.augment = augment
+        self.generator = torch.Generator().manual_seed(seed)
+        self.loader = torch.utils.data.DataLoader(
+            _PolicyDataset(data, augment), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+            num_workers=num_workers, generator=self.generator, persistent_workers=num_workers > 0)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for images, labels in self.loader:
+            yield self.augment.normalize(images), labels
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def make_loader(data: ImageSet, batch_size: int, *, train: bool, mean: Sequence[float], std: Sequence[float],
+                device: torch.device | str = "cpu", policy: str | None = None, padding: int = 4,
+                flip: bool = True, seed: int = 0, num_workers: int | None = None) -> BatchLoader | WorkerLoader:
+    """The right loader for the job.
+
+    * test, or no per-image policy, or a GPU: :class:`BatchLoader` (data on ``device``, batched
+      augmentation there; a per-image policy then runs on the device too);
+    * training with a per-image policy on a CPU: :class:`WorkerLoader` (worker processes).
+    """
+    augment = Augment(mean, std, train=train, padding=padding, flip=flip, policy=policy)
+    device = torch.device(device)
+    if train and augment.policy is not None and device.type == "cpu" and num_workers != 0:
+        return WorkerLoader(data, batch_size, augment, shuffle=True, drop_last=True, seed=seed,
+                            num_workers=num_workers)
+    return BatchLoader(data, batch_size, augment, shuffle=train, drop_last=train, seed=seed, device=device)
+
+
+def mixup_cutmix(images: Tensor, labels: Tensor, num_classes: int, *, mixup_alpha: float = 0.0,
+                 cutmix_alpha: float = 0.0, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """MixUp or CutMix (one chosen at random per batch when both are on): soft targets (B, K).
+
+    With both alphas 0 the batch is returned unchanged with one-hot targets.
+    """
+    targets = F.one_hot(labels, num_classes).float()
+    choices = [m for m, a in (("mixup", mixup_alpha), ("cutmix", cutmix_alpha)) if a > 0]
+    if not choices:
+        return images, targets
+    pick = choices[int(torch.randint(len(choices), (1,), generator=generator))]
+    alpha = mixup_alpha if pick == "mixup" else cutmix_alpha
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(images.shape[0], generator=generator).to(images.device)
+    if pick == "mixup":
+        mixed = lam * images + (1 - lam) * images[perm]
+    else:
+        H, W = images.shape[-2:]
+        cut_h, cut_w = int(H * math.sqrt(1 - lam)), int(W * math.sqrt(1 - lam))
+        cy, cx = int(torch.randint(H, (1,), generator=generator)), int(torch.randint(W, (1,), generator=generator))
+        y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, H)
+        x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, W)
+        mixed = images.clone()
+        mixed[..., y0:y1, x0:x1] = images[perm][..., y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (H * W)  # the area actually kept
+    return mixed, lam * targets + (1 - lam) * targets[perm]

@@ -1,0 +1,428 @@
+"""Chapter 6: training. One recipe, used by the chapter and by ``python -m vit_from_scratch.train``.
+
+AdamW without weight decay on norms, biases, position embedding and class token; linear warmup then
+cosine decay, stepped every batch; label smoothing; gradient clipping; mixed precision (bf16 where the
+hardware has it, fp16 with a gradient scaler otherwise); optional gradient checkpointing and
+``torch.compile``. Checkpoints are written atomically and hold everything needed to resume exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data import ImageSet, channel_stats, load_cifar10, make_loader, mixup_cutmix
+from .model import ViTConfig, VisionTransformer
+from .runtime import pick_device
+
+__all__ = [
+    "TrainConfig", "PRESETS", "preset", "param_groups", "warmup_cosine", "build_optimizer", "autocast_dtype",
+    "evaluate", "fit", "FitResult", "NonFiniteLossError", "save_checkpoint", "load_checkpoint",
+    "load_trained_model", "export_weights", "WEIGHTS_DIR",
+]
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Every field is also a command-line option."""
+
+    model: dict = _opt(None, "ViTConfig fields as JSON, e.g. '{\"dim\": 192, \"depth\": 6}' (default: the preset's)")
+    epochs: int = _opt(30, "passes over the training set; the schedule is laid out for exactly this many")
+    batch_size: int = _opt(128, "images per optimiser step")
+    lr: float = _opt(1e-3, "peak learning rate, reached at the end of the warmup")
+    min_lr: float = _opt(1e-5, "learning rate at the end of the cosine decay")
+    warmup_epochs: float = _opt(2.0, "linear warmup length in epochs (fractions allowed)")
+    weight_decay: float = _opt(0.05, "AdamW weight decay (never applied to norms, biases, positions, class token)")
+    betas: tuple = _opt((0.9, 0.999), "AdamW betas")
+    label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy")
+    grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0: off)")
+    padding: int = _opt(4, "random-crop padding in pixels (0: no crop)")
+    flip: bool = _opt(True, "random horizontal flips")
+    policy: str = _opt("none", "per-image augmentation policy: none, trivialaugment, randaugment, autoaugment")
+    mixup: float = _opt(0.0, "MixUp Beta(alpha, alpha); 0: off")
+    cutmix: float = _opt(0.0, "CutMix Beta(alpha, alpha); 0: off")
+    amp: str = _opt("auto", "mixed precision: auto (bf16 on GPUs that have it, fp16 on others, off on CPU), bf16, fp16, off")
+    compile: bool = _opt(False, "torch.compile the model")
+    grad_checkpointing: bool = _opt(False, "recompute activations in the backward pass to save memory")
+    train_subset: int = _opt(None, "use only this many training images (a fixed random subset)")
+    test_subset: int = _opt(None, "evaluate on only this many test images")
+    max_steps: int = _opt(None, "stop after this many optimiser steps in all (the schedule still spans all epochs)")
+    seed: int = _opt(0, "seed for weights, data order and augmentation")
+    num_workers: int = _opt(None, "DataLoader workers for per-image policies on CPU (default: cores - 1)")
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ValueError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
+
+    def vit_config(self) -> ViTConfig:
+        return ViTConfig.from_dict(self.model or {})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# The chapter's model and recipe, chosen to fit a 2-core CPU budget (see book/06_training.ipynb).
+PRESETS: dict[str, dict[str, Any]] = {
+    "cifar10-cpu": dict(
+        model=dict(image_size=32, patch_size=4, num_classes=10, dim=128, depth=6, num_heads=4, mlp_ratio=2.0),
+        epochs=15, batch_size=128, lr=2e-3, min_lr=1e-5, warmup_epochs=1.0, weight_decay=0.05,
+        label_smoothing=0.1, grad_clip=1.0, padding=4, flip=True, policy="none"),
+    "cifar10-gpu": dict(
+        model=dict(image_size=32, patch_size=4, num_classes=10, dim=384, depth=8, num_heads=6, mlp_ratio=2.0,
+                   drop_path=0.1),
+        epochs=100, batch_size=512, lr=1e-3, min_lr=1e-5, warmup_epochs=5.0, weight_decay=0.05,
+        label_smoothing=0.1, grad_clip=1.0, padding=4, flip=True, policy="trivialaugment", mixup=0.8, cutmix=1.0),
+}
+
+
+def preset(name: str, **overrides: Any) -> TrainConfig:
+    """A named :class:`TrainConfig` (``PRESETS``), with fields replaced by ``overrides``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    values = {**PRESETS[name], **overrides}
+    if overrides.get("model") is not None:
+        values["model"] = {**PRESETS[name]["model"], **overrides["model"]}
+    return TrainConfig(**values)
+
+
+# --------------------------------------------------------------------------- the recipe's parts
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: matrices decay; norms, biases (1-D), position embedding and class token do not."""
+    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(step: int, *, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
+    """Learning rate at ``step`` (0-based): linear from lr/warmup to ``lr`` over ``warmup_steps``, then a
+    cosine from ``lr`` down to ``min_lr`` at ``total_steps``."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig, steps_per_epoch: int):
+    """AdamW over :func:`param_groups` and a per-step LambdaLR following :func:`warmup_cosine`."""
+    fused = all(p.is_cuda for p in model.parameters())
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas,
+                                  **({"fused": True} if fused else {}))
+    total = config.epochs * steps_per_epoch
+    warmup = max(1, round(config.warmup_epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, total_steps=total, warmup_steps=warmup, lr=config.lr,
+                                           min_lr=config.min_lr) / config.lr)
+    return optimizer, scheduler
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on ``device`` (``None``: full float32)."""
+    if amp == "off":
+        return None
+    if amp == "auto":
+        if device.type != "cuda":
+            return None  # CPUs without bf16 units run bf16 slower than float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _atomic_write(write, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)  # atomic on POSIX and Windows: readers see the old file or the new one
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | os.PathLike, **state: Any) -> None:
+    """``torch.save(state)`` to a temporary file beside ``path``, then an atomic rename."""
+    _atomic_write(lambda tmp: torch.save(state, tmp), Path(path))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}; train first, or drop --resume")
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+# Fields that may differ between a checkpoint and the run resuming it.
+_RESUMABLE_CHANGES = {"num_workers"}
+
+
+def _config_differences(saved: dict, current: dict) -> list[str]:
+    keys = sorted((set(saved) | set(current)) - _RESUMABLE_CHANGES)
+    diffs = []
+    for k in keys:
+        a, b = saved.get(k), current.get(k)
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            a, b = list(a), list(b)
+        if a != b:
+            diffs.append(f"{k}: checkpoint {a!r}, now {b!r}")
+    return diffs
+
+
+# --------------------------------------------------------------------------- evaluation and training
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, *, device: torch.device | str | None = None, amp: str = "auto",
+             return_predictions: bool = False) -> dict:
+    """Mean cross-entropy and accuracy over ``loader``; optionally every prediction and label."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    dtype = autocast_dtype(amp, device)
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, count, preds, labels_all = 0.0, 0, 0, [], []
+    for images, labels in loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+        pred = logits.argmax(dim=1)
+        correct += (pred == labels).sum().item()
+        count += labels.numel()
+        if return_predictions:
+            preds.append(pred.cpu())
+            labels_all.append(labels.cpu())
+    model.train(was_training)
+    result = {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1), "count": count}
+    if return_predictions:
+        result["predictions"], result["labels"] = torch.cat(preds), torch.cat(labels_all)
+    return result
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    history: list[dict]
+    checkpoint: Path | None
+    config: TrainConfig
+
+
+def _progress(iterable, total: int, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def fit(config: TrainConfig, *, train_set: ImageSet | None = None, test_set: ImageSet | None = None,
+        out_dir: str | os.PathLike | None = None, resume: bool = False, device: torch.device | str | None = None,
+        stop_after_epochs: int | None = None, progress: bool = True, log=print) -> FitResult:
+    """Train a :class:`VisionTransformer` with ``config`` and return it with its history.
+
+    Args:
+        train_set, test_set: decoded data (default: CIFAR-10 from ``VIT_DATA_DIR``).
+        out_dir: where ``last.pt`` (atomic, every epoch) and ``history.json`` go; ``None``: nowhere.
+        resume: continue from ``out_dir/last.pt``; refused if that run's config differs.
+        stop_after_epochs: end this call after that many epochs (the schedule still spans
+            ``config.epochs``); a later ``resume=True`` call continues exactly.
+        progress: show a tqdm progress bar per epoch.
+        log: called with one line per epoch (``None``: silent).
+    """
+    device = torch.device(device) if device is not None else pick_device()
+    out = Path(out_dir) if out_dir is not None else None
+    checkpoint_path = out / "last.pt" if out is not None else None
+    if train_set is None or test_set is None:
+        loaded = load_cifar10()
+        train_set, test_set = train_set or loaded[0], test_set or loaded[1]
+    train_set = train_set.subset(config.train_subset, seed=config.seed)
+    test_set = test_set.subset(config.test_subset, seed=config.seed + 1)
+    vit_config = config.vit_config()
+    if vit_config.num_classes != len(train_set.classes):
+        raise ValueError(f"the model has {vit_config.num_classes} classes but the data has {len(train_set.classes)} "
+                         f"({', '.join(train_set.classes)}); set model.num_classes")
+
+    mean, std = channel_stats(train_set.images)  # normalise with the statistics of the data it trains on
+    torch.manual_seed(config.seed)
+    model = VisionTransformer(vit_config).to(device)
+    if config.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    train_loader = make_loader(train_set, config.batch_size, train=True, mean=mean, std=std, device=device,
+                               policy=None if config.policy == "none" else config.policy, padding=config.padding,
+                               flip=config.flip, seed=config.seed, num_workers=config.num_workers)
+    test_loader = make_loader(test_set, 500, train=False, mean=mean, std=std, device=device)
+    steps_per_epoch = len(train_loader)
+    optimizer, scheduler = build_optimizer(model, config, steps_per_epoch)
+    dtype = autocast_dtype(config.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    history: list[dict] = []
+    start_epoch, step = 0, 0
+
+    if resume:
+        state = load_checkpoint(checkpoint_path)
+        diffs = _config_differences(state["config"], config.to_dict())
+        if diffs:
+            raise ValueError(f"{checkpoint_path} was written by a run with another configuration:\n  "
+                             + "\n  ".join(diffs) + "\nresume with the same options, or start fresh in another --out")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        train_loader.load_state_dict(state["loader"])
+        _set_rng_state(state["rng"])
+        start_epoch, step, history = state["epoch"], state["step"], state["history"]
+        if log:
+            log(f"resumed from {checkpoint_path} after epoch {start_epoch}")
+
+    train_model = torch.compile(model) if config.compile else model
+    end_epoch = config.epochs if stop_after_epochs is None else min(config.epochs, start_epoch + stop_after_epochs)
+    for epoch in range(start_epoch, end_epoch):
+        if config.max_steps is not None and step >= config.max_steps:
+            break
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        seen, t0 = 0, time.perf_counter()
+        bar = _progress(train_loader, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", progress)
+        for i, (images, labels) in enumerate(bar):
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            images_in, targets = mixup_cutmix(images, labels, vit_config.num_classes,
+                                              mixup_alpha=config.mixup, cutmix_alpha=config.cutmix)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                logits = train_model(images_in)
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (learning rate "
+                    f"{scheduler.get_last_lr()[0]:.3g}); training stopped. "
+                    + (f"The last good checkpoint is kept at {checkpoint_path}. " if checkpoint_path else "")
+                    + "Try a lower --lr, a longer --warmup-epochs, --grad-clip 1, or --amp off.")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if config.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            loss_sum += loss.detach() * labels.numel()
+            correct += (logits.argmax(1) == labels).sum()
+            seen += labels.numel()
+            if progress and (i % 10 == 0 or i == steps_per_epoch - 1):
+                elapsed = time.perf_counter() - t0
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
+                                img_s=f"{seen / elapsed:.0f}")
+            if config.max_steps is not None and step >= config.max_steps:
+                break
+        train_time = time.perf_counter() - t0
+        test = evaluate(model, test_loader, device=device, amp=config.amp)
+        record = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum.item() / max(seen, 1),
+                  "train_accuracy": correct.item() / max(seen, 1), "test_loss": test["loss"],
+                  "test_accuracy": test["accuracy"], "lr": scheduler.get_last_lr()[0],
+                  "images_per_s": seen / train_time, "epoch_time_s": train_time,
+                  "eval_time_s": time.perf_counter() - t0 - train_time}
+        history.append(record)
+        if log:
+            log(f"epoch {epoch + 1:3d}/{config.epochs} | train loss {record['train_loss']:.3f} "
+                f"acc {record['train_accuracy']:.3f} | test loss {record['test_loss']:.3f} "
+                f"acc {record['test_accuracy']:.3f} | lr {record['lr']:.2e} | {record['images_per_s']:.0f} img/s "
+                f"| {train_time:.0f} s")
+        if out is not None:
+            save_checkpoint(checkpoint_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                            scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
+                            loader=train_loader.state_dict(), rng=_rng_state(), epoch=epoch + 1, step=step,
+                            history=history, config=config.to_dict(), mean=mean, std=std,
+                            classes=list(train_set.classes))
+            _atomic_write(lambda tmp: tmp.write_text(json.dumps(
+                {"config": config.to_dict(), "classes": list(train_set.classes), "mean": mean, "std": std,
+                 "history": history}, indent=1)), out / "history.json")
+    return FitResult(model, history, checkpoint_path, config)
+
+
+# --------------------------------------------------------------------------- the shipped model
+
+
+def export_weights(result_or_checkpoint, name: str, *, note: str, extra: dict | None = None,
+                   directory: str | os.PathLike = WEIGHTS_DIR, half: bool = True) -> Path:
+    """Write a weights-only file ``<name>.pt`` (float16 by default) and ``<name>.json`` (config, class names,
+    normalisation, history, ``note``) for :func:`load_trained_model`."""
+    if isinstance(result_or_checkpoint, (str, os.PathLike)):
+        state = load_checkpoint(result_or_checkpoint)
+    else:
+        state = result_or_checkpoint
+    directory = Path(directory)
+    weights = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
+               for k, v in state["model"].items()}
+    _atomic_write(lambda tmp: torch.save(weights, tmp), directory / f"{name}.pt")
+    info = {"name": name, "model": state["config"]["model"], "train_config": state["config"],
+            "classes": state["classes"], "mean": list(state["mean"]), "std": list(state["std"]),
+            "history": state["history"], "note": note, "dtype": "float16" if half else "float32", **(extra or {})}
+    _atomic_write(lambda tmp: tmp.write_text(json.dumps(info, indent=1)), directory / f"{name}.json")
+    return directory / f"{name}.pt"
+
+
+def load_trained_model(name: str = "cifar10_vit", *, device: torch.device | str | None = None,
+                       directory: str | os.PathLike = WEIGHTS_DIR) -> tuple[VisionTransformer, dict]:
+    """The model the training chapter trained and the package ships, in eval mode, with its info
+    (config, classes, mean/std for normalisation, history, how it was made)."""
+    directory = Path(directory)
+    weights, meta = directory / f"{name}.pt", directory / f"{name}.json"
+    if not weights.exists() or not meta.exists():
+        available = sorted(p.stem for p in directory.glob("*.pt")) if directory.is_dir() else []
+        raise FileNotFoundError(f"no shipped weights {name!r} in {directory} (found: {available or 'none'}); "
+                                "run book/06_training.ipynb or `python -m vit_from_scratch.train` to make them")
+    info = json.loads(meta.read_text())
+    model = VisionTransformer(ViTConfig.from_dict(info["model"]))
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    device = torch.device(device) if device is not None else pick_device()
+    return model.to(device).eval(), info
