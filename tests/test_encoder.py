@@ -156,6 +156,11 @@ def test_block_parameter_formula(dim, mlp_ratio, qkv_bias):
         assert block_num_params(dim) == 12 * dim**2 + 13 * dim
 
 
+def test_block_rejects_tokens_of_the_wrong_shape():
+    with pytest.raises(ValueError, match=r"expected tokens shaped \(batch, tokens, 16\), got shape \(1, 5, 8\)"):
+        EncoderBlock(16, 2)(torch.randn(1, 5, 8))
+
+
 def test_block_rejects_bad_rates():
     with pytest.raises(ValueError, match="attn_dropout must be a probability"):
         EncoderBlock(16, 2, attn_dropout=1.0)

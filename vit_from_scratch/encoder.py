@@ -95,6 +95,9 @@ class EncoderBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path)
 
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        if x.ndim != 3 or x.shape[-1] != self.norm1.normalized_shape[0]:
+            raise ValueError(f"expected tokens shaped (batch, tokens, {self.norm1.normalized_shape[0]}), "
+                             f"got shape {tuple(x.shape)}")
         if return_attention:
             a, weights = self.attn(self.norm1(x), return_attention=True)
         else:
