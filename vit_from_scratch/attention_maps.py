@@ -1,0 +1,624 @@
+"""Chapter 7: what the model attends to: attention maps, rollout, attention distance, Figure 7.
+
+Letters: B batch, L layers (encoder blocks), H heads, T prefix tokens (1 with a class token, else 0),
+N = h*w patches on an (h, w) grid, S = T + N tokens, P patch size in pixels, C channels, D width,
+K components.
+
+Collecting the weights is opt-in: :class:`AttentionRecorder` hooks every
+:class:`~vit_from_scratch.attention.MultiHeadSelfAttention` only inside a ``with`` block, so the
+model's ordinary forward pass keeps its fast fused path and nothing of this module slows it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import MultiHeadSelfAttention
+from .plotting import show_image, to_numpy_image
+
+__all__ = [
+    "TokenLayout", "AttentionRecorder", "collect_attention", "fuse_heads", "pooled_attention", "to_grid",
+    "upsample_maps", "attention_rollout", "patch_distances", "mean_attention_distance",
+    "uniform_attention_distance", "patch_embedding_components", "rank_heads", "attention_view",
+    "show_attention", "show_view", "plot_gallery", "plot_mean_distance", "show_position_similarity",
+    "show_filter_components", "attention_explorer",
+]
+
+Fusion = Literal["mean", "max", "min"]
+_FUSIONS = ("mean", "max", "min")
+_METHODS = ("attention", "rollout")
+
+
+# Where the tokens are -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TokenLayout:
+    """How a model's token sequence maps back to the image: what a map needs to be drawn.
+
+    Args:
+        grid_size: patches per column and per row, ``(h, w)``.
+        patch_size: side of one patch in pixels.
+        num_prefix_tokens: tokens before the patches (1 for a class token, else 0).
+        pool: ``"cls"`` (the class token is read out) or ``"mean"`` (the patch tokens are averaged).
+    """
+
+    grid_size: tuple[int, int]
+    patch_size: int
+    num_prefix_tokens: int = 1
+    pool: Literal["cls", "mean"] = "cls"
+
+    def __post_init__(self) -> None:
+        if self.pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}")
+        if self.pool == "cls" and self.num_prefix_tokens < 1:
+            raise ValueError("pool='cls' reads the class token, so num_prefix_tokens must be at least 1; "
+                             "use pool='mean' for a model without a class token")
+
+    @classmethod
+    def of(cls, model: nn.Module) -> TokenLayout:
+        """The layout of a :class:`~vit_from_scratch.model.VisionTransformer`."""
+        return cls(grid_size=tuple(model.patch_embed.grid_size), patch_size=int(model.patch_embed.patch_size),
+                   num_prefix_tokens=int(model.num_prefix_tokens), pool=model.config.pool)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefix_tokens + self.num_patches
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.grid_size[0] * self.patch_size, self.grid_size[1] * self.patch_size
+
+    @property
+    def map_label(self) -> str:
+        """What a map of this model shows, in a few words (for titles)."""
+        if self.pool == "cls":
+            return "class token's attention to each patch"
+        return "mean attention each patch receives from the patches"
+
+
+def _check_square(weights: Tensor, layout: TokenLayout | None = None, what: str = "attention weights") -> None:
+    if weights.ndim < 2 or weights.shape[-1] != weights.shape[-2]:
+        raise ValueError(f"{what} must end in a square (queries, keys) pair of axes, got shape "
+                         f"{tuple(weights.shape)}")
+    if layout is not None and weights.shape[-1] != layout.num_tokens:
+        raise ValueError(f"{what} cover {weights.shape[-1]} tokens but the layout has {layout.num_tokens} "
+                         f"({layout.num_prefix_tokens} prefix + {layout.num_patches} patches); pass the "
+                         "layout of the model that produced them, TokenLayout.of(model)")
+
+
+def _check_rows_sum_to_one(matrix: Tensor, what: str, atol: float = 1e-4) -> None:
+    sums = matrix.sum(dim=-1)
+    worst = (sums - 1).abs().max().item()
+    if not worst <= atol:  # also catches NaN
+        raise ValueError(f"{what}: rows must sum to 1 (every query distributes one unit of attention), "
+                         f"but a row sum is off by {worst:.3g}; were these softmax weights?")
+
+
+# Collecting the weights -----------------------------------------------------------------------
+class AttentionRecorder:
+    """Record the attention weights of every :class:`MultiHeadSelfAttention` in a model.
+
+    Inside ``with AttentionRecorder(model) as rec:`` each attention module is called with
+    ``return_attention=True`` (so it takes the explicit-softmax path), its weights are appended to
+    ``rec.weights`` in call order, and the caller still gets the plain output it asked for. On exit
+    the hooks are removed and the model is exactly as before: its forward pass takes the fused
+    fast path again. A recorder can be entered again; each entry starts an empty list.
+
+    Shape:
+        ``rec.weights``: one (B, H, S, S) tensor per attention call (per layer, for one forward pass)
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.modules = [m for m in model.modules() if isinstance(m, MultiHeadSelfAttention)]
+        if not self.modules:
+            raise ValueError(f"{type(model).__name__} contains no MultiHeadSelfAttention module, so there "
+                             "is no attention to record; pass a VisionTransformer (or a module built from "
+                             "vit_from_scratch.attention)")
+        self.weights: list[Tensor] = []
+        self._handles: list = []
+        self._caller_asked: list[bool] = []
+
+    def _before(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        asked = bool(kwargs.get("return_attention", False))
+        if len(args) > 1:  # return_attention passed by position
+            asked, args = bool(args[1]), args[:1]
+        self._caller_asked.append(asked)
+        return args, {**kwargs, "return_attention": True}
+
+    def _after(self, module: nn.Module, args: tuple, kwargs: dict, output: tuple[Tensor, Tensor]):
+        out, weights = output
+        self.weights.append(weights.detach())
+        return output if self._caller_asked.pop() else out
+
+    def __enter__(self) -> AttentionRecorder:
+        if self._handles:
+            raise RuntimeError("this AttentionRecorder is already active; leave its `with` block first")
+        self.weights, self._caller_asked = [], []
+        for m in self.modules:
+            self._handles.append(m.register_forward_pre_hook(self._before, with_kwargs=True))
+            self._handles.append(m.register_forward_hook(self._after, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+@torch.no_grad()
+def collect_attention(model: nn.Module, images: Tensor, *, check: bool = True,
+                      atol: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """Run ``model(images)`` once with an :class:`AttentionRecorder`; return the logits and every weight.
+
+    With ``check=True`` the model also runs once without the recorder, and the two sets of logits
+    must agree (to ``atol``, relative to the largest logit): collecting must not change what the
+    model computes. The model must be in eval mode, so that dropout does not differ between runs.
+
+    Shape:
+        images (B, C, H, W) -> logits (B, K), weights (B, L, H, S, S)
+    """
+    if model.training:
+        raise ValueError("the model is in training mode, where dropout makes every forward pass differ; "
+                         "call model.eval() before collecting attention")
+    recorder = AttentionRecorder(model)
+    with recorder:
+        logits = model(images)
+    if len(recorder.weights) != len(recorder.modules):
+        raise RuntimeError(f"expected one attention call per module ({len(recorder.modules)}), recorded "
+                           f"{len(recorder.weights)}; does the model call a block twice or skip one?")
+    weights = torch.stack(recorder.weights, dim=1)  # L x (B, H, S, S) -> (B, L, H, S, S)
+    if check:
+        plain = model(images)
+        tol = atol * max(1.0, plain.abs().max().item())
+        diff = (plain - logits).abs().max().item()
+        if not diff <= tol:
+            raise RuntimeError(f"logits with attention collection differ from the plain forward pass by "
+                               f"{diff:.3g} (tolerance {tol:.3g}): recording must not change the model")
+    return logits, weights
+
+
+# From weights to maps -------------------------------------------------------------------------
+def fuse_heads(weights: Tensor, how: Fusion = "mean") -> Tensor:
+    """Fuse the heads of one or more layers by their mean, maximum or minimum.
+
+    Shape:
+        (..., H, S, S) -> (..., S, S)
+    """
+    _check_square(weights)
+    if how == "mean":
+        return weights.mean(dim=-3)
+    if how == "max":
+        return weights.amax(dim=-3)
+    if how == "min":
+        return weights.amin(dim=-3)
+    raise ValueError(f"head fusion must be one of {_FUSIONS}, got {how!r}")
+
+
+def pooled_attention(weights: Tensor, layout: TokenLayout) -> Tensor:
+    """The attention of what the head reads out, to every patch.
+
+    With ``pool="cls"``: the class token's row, restricted to the patch columns (its attention to
+    itself is left out, so a map sums to at most 1). With ``pool="mean"``: the patch rows averaged,
+    i.e. the mean attention each patch *receives* from the patch tokens, which the mean-pooled head
+    reads out.
+
+    Shape:
+        (..., S, S) -> (..., N)
+    """
+    _check_square(weights, layout)
+    T = layout.num_prefix_tokens
+    if layout.pool == "cls":
+        return weights[..., 0, T:]  # (..., S, S) -> (..., N): row of the class token
+    return weights[..., T:, T:].mean(dim=-2)  # (..., N, N) -> (..., N): column means over patch queries
+
+
+def to_grid(maps: Tensor, layout: TokenLayout) -> Tensor:
+    """Lay patch values out on the patch grid (tokens are in row-major order).
+
+    Shape:
+        (..., N) -> (..., h, w)
+    """
+    h, w = layout.grid_size
+    if maps.shape[-1] != h * w:
+        raise ValueError(f"expected {h * w} patch values (a {h}x{w} grid), got shape {tuple(maps.shape)}; "
+                         "drop the prefix tokens first (pooled_attention does)")
+    return maps.reshape(*maps.shape[:-1], h, w)  # (..., N) -> (..., h, w)
+
+
+def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear upsampling of patch-grid maps to image size, for overlays.
+
+    Shape:
+        (..., h, w) -> (..., H, W)
+    """
+    lead = maps.shape[:-2]
+    flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()  # (..., h, w) -> (M, 1, h, w)
+    up = F.interpolate(flat, size=tuple(size), mode="bilinear", align_corners=False)  # (M, 1, H, W)
+    return up.reshape(*lead, *up.shape[-2:])  # (M, 1, H, W) -> (..., H, W)
+
+
+def attention_rollout(weights: Tensor, *, head_fusion: Fusion = "mean", add_residual: bool = True) -> Tensor:
+    """Attention rollout (Abnar & Zuidema, 2020): how much each token draws on each input token.
+
+    Per layer ``l``: fuse the heads, ``Ã_l = fuse(A_l) + I`` (the residual connection carries each
+    token on; skipped with ``add_residual=False``), then renormalise every row to sum to one. The
+    rollout through layer ``l`` is ``Ã_l Ã_(l-1) ... Ã_1``. Every step is checked: rows sum to one.
+    Computed in float64.
+
+    Shape:
+        (B, L, H, S, S) -> (B, L, S, S): entry ``[:, l]`` is the rollout through layers 1..l+1
+    """
+    if weights.ndim != 5:
+        raise ValueError(f"expected attention weights shaped (B, L, H, S, S) as collect_attention returns, "
+                         f"got {tuple(weights.shape)}; for one image use weights.unsqueeze(0)")
+    _check_square(weights)
+    _check_rows_sum_to_one(weights, "attention weights given to attention_rollout")
+    fused = fuse_heads(weights.double(), head_fusion)  # (B, L, S, S)
+    B, L, S, _ = fused.shape
+    eye = torch.eye(S, dtype=fused.dtype, device=fused.device)  # (S, S)
+    joint = eye.expand(B, S, S)  # (B, S, S): before any layer, each token is itself
+    steps = []
+    for layer in range(L):
+        a = fused[:, layer] + eye if add_residual else fused[:, layer]  # (B, S, S)
+        sums = a.sum(dim=-1, keepdim=True)  # (B, S, 1)
+        if not bool((sums > 0).all()):
+            raise ValueError(f"layer {layer + 1}: a row of the fused attention sums to zero, so it cannot be "
+                             "renormalised; use add_residual=True or another head fusion")
+        a = a / sums
+        _check_rows_sum_to_one(a, f"rollout, layer {layer + 1}, after renormalising")
+        joint = a @ joint  # (B, S, S) @ (B, S, S) -> (B, S, S)
+        _check_rows_sum_to_one(joint, f"rollout through layer {layer + 1}")
+        steps.append(joint)
+    return torch.stack(steps, dim=1).to(weights.dtype)  # L x (B, S, S) -> (B, L, S, S)
+
+
+# How far attention reaches ---------------------------------------------------------------------
+def patch_distances(grid_size: tuple[int, int], patch_size: int) -> Tensor:
+    """Euclidean distance in pixels between the centres of every pair of patches.
+
+    Shape:
+        -> (N, N)
+    """
+    h, w = grid_size
+    rows = torch.arange(h, dtype=torch.float64).repeat_interleave(w)  # (N,) row of each patch
+    cols = torch.arange(w, dtype=torch.float64).repeat(h)  # (N,) column of each patch
+    centres = torch.stack([rows, cols], dim=1) * patch_size  # (N, 2), in pixels
+    return torch.cdist(centres, centres)  # (N, N)
+
+
+def mean_attention_distance(weights: Tensor, layout: TokenLayout) -> Tensor:
+    """Mean attention distance in pixels (Dosovitskiy et al., 2021, Figure 7, right).
+
+    For each patch query, the distance to every patch key weighted by the attention it pays it, then
+    averaged over the queries. Only patch-to-patch attention counts: the prefix tokens have no place
+    in the image, so each query's row is restricted to the patches and renormalised. A head that
+    attends only to the token itself has distance 0; one that attends uniformly has
+    :func:`uniform_attention_distance`.
+
+    Shape:
+        (..., S, S) -> (...), e.g. (B, L, H, S, S) -> (B, L, H)
+    """
+    _check_square(weights, layout)
+    T = layout.num_prefix_tokens
+    a = weights[..., T:, T:].double()  # (..., N, N) patch queries to patch keys
+    a = a / a.sum(dim=-1, keepdim=True).clamp_min(1e-12)  # rows renormalised over the patches
+    dist = patch_distances(layout.grid_size, layout.patch_size).to(a.device)  # (N, N)
+    per_query = (a * dist).sum(dim=-1)  # (..., N)
+    return per_query.mean(dim=-1).to(weights.dtype)  # (...)
+
+
+def uniform_attention_distance(layout: TokenLayout) -> float:
+    """The mean attention distance of a head that spreads its attention evenly over all patches."""
+    return patch_distances(layout.grid_size, layout.patch_size).mean().item()
+
+
+# Figure 7, left: the patch-embedding filters -------------------------------------------------------
+def patch_embedding_components(proj_weight: Tensor, k: int = 28) -> tuple[Tensor, Tensor]:
+    """Principal components of the patch-embedding filters (Dosovitskiy et al., 2021, Figure 7, left).
+
+    Each of the D filters of the patch projection is a vector of ``C*P*P`` numbers. Centred on the
+    mean filter, their principal directions (right singular vectors) are the patterns the embedding
+    is most sensitive to. Signs are fixed so that each component's largest entry is positive.
+
+    Returns:
+        the first ``k`` components as images, and the fraction of the filters' variance each explains.
+
+    Shape:
+        (D, C, P, P) -> components (k, C, P, P), explained (k,)
+    """
+    if proj_weight.ndim != 4:
+        raise ValueError(f"expected a Conv2d weight shaped (D, C, P, P), got {tuple(proj_weight.shape)}; "
+                         "pass model.patch_embed.proj.weight")
+    D, C, P, Q = proj_weight.shape
+    flat = proj_weight.detach().double().reshape(D, C * P * Q)  # (D, C, P, P) -> (D, C*P*P)
+    flat = flat - flat.mean(dim=0, keepdim=True)
+    _, s, vh = torch.linalg.svd(flat, full_matrices=False)  # vh (min(D, CPP), CPP)
+    k = min(k, vh.shape[0])
+    comps = vh[:k]  # (k, C*P*P)
+    sign = torch.sign(comps.gather(1, comps.abs().argmax(dim=1, keepdim=True)))  # (k, 1)
+    comps = comps * sign
+    explained = (s**2 / (s**2).sum())[:k]
+    return comps.reshape(k, C, P, Q).float(), explained.float()  # (k, C*P*P) -> (k, C, P, P)
+
+
+# Choosing heads --------------------------------------------------------------------------------
+def rank_heads(maps: Tensor, by: Literal["specific", "focused"] = "specific") -> Tensor:
+    """Score every head of every image, higher = more telling.
+
+    ``"focused"``: minus the entropy of the head's map (renormalised to sum to one): heads that look at
+    few patches. ``"specific"``: the KL divergence of the head's map for this image from that head's
+    mean map over the batch: heads that look somewhere *particular to this image*, rather than where
+    they always look (a fixed corner, the whole image).
+
+    Shape:
+        maps (B, L, H, N) -> scores (B, L, H)
+    """
+    if maps.ndim != 4:
+        raise ValueError(f"expected per-head maps shaped (B, L, H, N), got {tuple(maps.shape)}")
+    p = maps.double().clamp_min(1e-12)
+    p = p / p.sum(dim=-1, keepdim=True)  # (B, L, H, N), each map a distribution over patches
+    if by == "focused":
+        return (p * p.log()).sum(dim=-1).float()  # minus the entropy
+    if by == "specific":
+        ref = p.mean(dim=0, keepdim=True)  # (1, L, H, N)
+        return (p * (p.log() - ref.log())).sum(dim=-1).float()  # KL(p || mean over the batch)
+    raise ValueError(f"by must be 'specific' or 'focused', got {by!r}")
+
+
+def attention_view(weights: Tensor, layout: TokenLayout, *, layer: int, head: int | Fusion = "mean",
+                   method: Literal["attention", "rollout"] = "attention") -> Tensor:
+    """One map of one image: a layer's attention (one head or fused heads), or the rollout to a layer.
+
+    ``layer`` counts from 1 (``-1`` for the last). ``method="rollout"`` fuses the heads of every layer
+    up to ``layer`` by ``head``, which must then be ``"mean"``, ``"max"`` or ``"min"``.
+
+    Shape:
+        (L, H, S, S) -> (h, w)
+    """
+    if weights.ndim != 4:
+        raise ValueError(f"expected one image's weights shaped (L, H, S, S), got {tuple(weights.shape)}; "
+                         "index the batch first, weights[b]")
+    L, H = weights.shape[:2]
+    index = layer - 1 if layer > 0 else L + layer
+    if not 0 <= index < L:
+        raise ValueError(f"layer must be in 1..{L} (or negative from the end), got {layer}")
+    if method == "attention":
+        if isinstance(head, str):
+            a = fuse_heads(weights[index], head)  # (S, S)
+        elif 0 <= head < H:
+            a = weights[index, head]  # (S, S)
+        else:
+            raise ValueError(f"head must be in 0..{H - 1} or one of {_FUSIONS}, got {head!r}")
+    elif method == "rollout":
+        if head not in _FUSIONS:
+            raise ValueError(f"rollout combines all heads of every layer; head must be one of {_FUSIONS}, "
+                             f"got {head!r}")
+        a = attention_rollout(weights[None, : index + 1], head_fusion=head)[0, -1]  # (S, S)
+    else:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    return to_grid(pooled_attention(a, layout), layout)  # (S, S) -> (N,) -> (h, w)
+
+
+# Pictures --------------------------------------------------------------------------------------
+def show_attention(image: Tensor, grid_map: Tensor, ax: plt.Axes | None = None, title: str | None = None,
+                   *, alpha: float = 0.6, cmap: str = "inferno") -> plt.Axes:
+    """Overlay one patch-grid map, upsampled and scaled to [0, 1], on its image.
+
+    Shape:
+        image (C, H, W) in [0, 1], grid_map (h, w)
+    """
+    ax = show_image(image, ax, title)
+    H, W = to_numpy_image(image).shape[:2]
+    up = upsample_maps(grid_map.detach().cpu(), (H, W))  # (h, w) -> (H, W)
+    up = (up - up.min()) / (up.max() - up.min()).clamp_min(1e-12)
+    ax.imshow(up.numpy(), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+    if title:
+        ax.set_title(title, fontsize=8)
+    return ax
+
+
+def _view_title(layer: int, head: int | str, method: str) -> str:
+    if method == "rollout":
+        return f"rollout to layer {layer} ({head} of heads)"
+    return f"layer {layer}, " + (f"head {head}" if isinstance(head, int) else f"{head} of heads")
+
+
+def show_view(image: Tensor, weights: Tensor, layout: TokenLayout, *, layer: int, head: int | Fusion = "mean",
+              method: Literal["attention", "rollout"] = "attention", ax: plt.Axes | None = None,
+              title: str | None = None) -> plt.Axes:
+    """Draw :func:`attention_view` over the image; the explorer widget draws with this too.
+
+    Shape:
+        image (C, H, W), weights (L, H, S, S)
+    """
+    grid = attention_view(weights, layout, layer=layer, head=head, method=method)
+    layer_shown = layer if layer > 0 else weights.shape[0] + 1 + layer
+    return show_attention(image, grid, ax, title if title is not None else _view_title(layer_shown, head, method))
+
+
+def plot_gallery(images: Tensor, weights: Tensor, layout: TokenLayout, titles: list[str], *,
+                 rows: list[int] | None = None, num_heads: int = 3, head_fusion: Fusion = "mean",
+                 by: Literal["specific", "focused"] = "specific") -> plt.Figure:
+    """One row per image: the image, the rollout through each layer, and its most telling heads.
+
+    Heads are ranked by :func:`rank_heads` against the whole batch given; ``rows`` picks the images to
+    draw (default: all), so a large batch gives a fair reference and a few rows a readable figure.
+
+    Shape:
+        images (B, C, H, W) in [0, 1], weights (B, L, H, S, S)
+    """
+    B, L, H = weights.shape[:3]
+    if images.shape[0] != B or len(titles) != B:
+        raise ValueError(f"got {images.shape[0]} images, {B} sets of weights and {len(titles)} titles; "
+                         "they must match")
+    rows = list(range(B)) if rows is None else list(rows)
+    maps = pooled_attention(weights, layout)  # (B, L, H, N)
+    scores = rank_heads(maps, by=by).flatten(1)  # (B, L*H)
+    top = scores[rows].topk(min(num_heads, L * H), dim=1).indices  # (R, k)
+    roll = to_grid(pooled_attention(attention_rollout(weights[rows], head_fusion=head_fusion), layout),
+                   layout)  # (R, L, h, w)
+    cols = 1 + L + top.shape[1]
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.45 * cols, 1.6 * len(rows) + 0.4), squeeze=False)
+    for r, b in enumerate(rows):
+        show_image(images[b], axes[r, 0], titles[b])
+        axes[r, 0].title.set_fontsize(8)
+        for layer in range(L):
+            show_attention(images[b], roll[r, layer], axes[r, 1 + layer], f"rollout ≤ {layer + 1}" if r == 0 else None)
+        for j, flat in enumerate(top[r].tolist()):
+            layer, head = divmod(flat, H)
+            show_attention(images[b], to_grid(maps[b, layer, head], layout), axes[r, 1 + L + j],
+                           f"layer {layer + 1} head {head}")
+    what = {"specific": "most image-specific", "focused": "most focused"}[by]
+    fig.suptitle(f"{layout.map_label}: rollout ({head_fusion} of heads) through layers 1..{L}, "
+                 f"then the {top.shape[1]} {what} heads", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_mean_distance(distance: Tensor, layout: TokenLayout | None = None, ax: plt.Axes | None = None,
+                       title: str | None = None) -> plt.Axes:
+    """The ViT paper's Figure 7 (right): one dot per head, network depth on the x axis.
+
+    With a ``layout``, a dashed line marks the distance of uniform attention over all patches.
+
+    Shape:
+        distance (L, H), in pixels
+    """
+    ax = ax if ax is not None else plt.gca()
+    L, H = distance.shape
+    d = distance.detach().cpu().float().numpy()
+    colors = plt.get_cmap("tab20")(np.arange(H) % 20)
+    for head in range(H):
+        ax.scatter(np.arange(1, L + 1), d[:, head], s=18, color=colors[head],
+                   label=f"head {head}" if H <= 16 else None)
+    ax.plot(np.arange(1, L + 1), d.mean(axis=1), color="black", lw=1, label="mean of heads")
+    if layout is not None:
+        ax.axhline(uniform_attention_distance(layout), color="gray", ls="--", lw=1, label="uniform attention")
+        ax.set_ylim(0, max(float(d.max()), uniform_attention_distance(layout)) * 1.1)
+    ax.set_xlabel("network depth (layer)")
+    ax.set_ylabel("mean attention distance (pixels)")
+    ax.set_xticks(np.arange(1, L + 1))
+    ax.set_title(title or "mean attention distance")
+    ax.legend(fontsize=6, ncol=2, loc="best")
+    return ax
+
+
+def show_position_similarity(similarity: Tensor, ax: plt.Axes | None = None, title: str | None = None,
+                             *, cmap: str = "viridis") -> plt.Axes:
+    """All ``h*w`` similarity maps in one picture: tile ``(i, j)`` is position ``(i, j)``'s map.
+
+    The layout of the ViT paper's Figure 7 (centre), drawn as one image with thin gaps.
+
+    Shape:
+        similarity (h, w, h, w), e.g. from :func:`vit_from_scratch.positions.position_similarity`
+    """
+    ax = ax if ax is not None else plt.gca()
+    h, w, h2, w2 = similarity.shape
+    canvas = np.full((h * (h2 + 1) - 1, w * (w2 + 1) - 1), np.nan)
+    sim = similarity.detach().cpu().float().numpy()
+    for i in range(h):
+        for j in range(w):
+            canvas[i * (h2 + 1):i * (h2 + 1) + h2, j * (w2 + 1):j * (w2 + 1) + w2] = sim[i, j]
+    image = ax.imshow(np.ma.masked_invalid(canvas), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_xticks([(w2 + 1) * j + (w2 - 1) / 2 for j in range(w)], [str(j + 1) for j in range(w)], fontsize=6)
+    ax.set_yticks([(h2 + 1) * i + (h2 - 1) / 2 for i in range(h)], [str(i + 1) for i in range(h)], fontsize=6)
+    ax.set_xlabel("input patch column")
+    ax.set_ylabel("input patch row")
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        ax.set_title(title)
+    plt.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity")
+    return ax
+
+
+def show_filter_components(components: Tensor, explained: Tensor | None = None, *, ncols: int = 7,
+                           fig: plt.Figure | None = None, title: str | None = None) -> plt.Figure:
+    """Draw principal components of the patch filters as small images, each scaled to [0, 1].
+
+    Shape:
+        components (K, C, P, P), explained (K,)
+    """
+    K = components.shape[0]
+    rows = math.ceil(K / ncols)
+    fig = fig if fig is not None else plt.figure(figsize=(1.1 * ncols, 1.25 * rows + 0.3))
+    axes = fig.subplots(rows, ncols, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= K:
+            ax.axis("off")
+            continue
+        c = components[k].detach().cpu().float()
+        c = (c - c.min()) / (c.max() - c.min()).clamp_min(1e-12)
+        ax.imshow(to_numpy_image(c), interpolation="nearest", cmap="gray" if c.shape[0] == 1 else None)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        label = f"{k + 1}" + (f": {100 * explained[k].item():.1f}%" if explained is not None else "")
+        ax.set_title(label, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def attention_explorer(images: Tensor, weights: Tensor, layout: TokenLayout, titles: list[str]):
+    """An ipywidgets explorer: pick the image, layer, head and method; the view is :func:`show_view`.
+
+    Needs ``ipywidgets`` and a live kernel (Colab, Jupyter). Rollout fuses the heads, so with
+    ``method="rollout"`` only the fusions are offered.
+
+    Shape:
+        images (B, C, H, W) in [0, 1], weights (B, L, H, S, S)
+    """
+    try:
+        import ipywidgets as widgets
+    except ImportError as err:  # pragma: no cover - ipywidgets is in requirements.txt
+        raise ImportError("the explorer needs ipywidgets: pip install ipywidgets") from err
+    B, L, H = weights.shape[:3]
+    if images.shape[0] != B or len(titles) != B:
+        raise ValueError(f"got {images.shape[0]} images, {B} sets of weights and {len(titles)} titles; "
+                         "they must match")
+    fusions = [(f"{f} of heads", f) for f in _FUSIONS]
+    image_w = widgets.Dropdown(options=[(t, b) for b, t in enumerate(titles)], value=0, description="image")
+    layer_w = widgets.IntSlider(value=L, min=1, max=L, description="layer")
+    method_w = widgets.ToggleButtons(options=list(_METHODS), value="attention", description="method")
+    head_w = widgets.Dropdown(options=fusions + [(f"head {h}", h) for h in range(H)], value="mean",
+                              description="head")
+    out = widgets.Output()
+
+    def redraw(_=None) -> None:
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(1, 2, figsize=(6, 3.2))
+            b = image_w.value
+            show_image(images[b], ax[0], titles[b])
+            show_view(images[b], weights[b], layout, layer=layer_w.value, head=head_w.value,
+                      method=method_w.value, ax=ax[1])
+            fig.suptitle(layout.map_label, fontsize=9)
+            plt.show()
+
+    def method_changed(change) -> None:
+        if change["new"] == "rollout":
+            keep = head_w.value if head_w.value in _FUSIONS else "mean"
+            head_w.options, head_w.value = fusions, keep
+        else:
+            keep = head_w.value
+            head_w.options = fusions + [(f"head {h}", h) for h in range(H)]
+            head_w.value = keep
+        redraw()
+
+    method_w.observe(method_changed, names="value")
+    for w in (image_w, layer_w, head_w):
+        w.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([image_w, head_w]), widgets.HBox([layer_w, method_w]), out])
