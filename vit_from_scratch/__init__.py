@@ -1,6 +1,9 @@
 """ViT from Scratch: the package the book builds, one chapter per module."""
 
 from .attention import MultiHeadSelfAttention, attention
+from .encoder import MLP, DropPath, Encoder, EncoderBlock, block_num_params
+from .model import (NAMED_SIZES, ViTConfig, VisionTransformer, config_from_torchvision, convert_torchvision_state_dict,
+                    timm_kwargs, torchvision_kwargs, vit_config)
 from .patches import PatchEmbedding, check_patch_grid, patchify, unpatchify
 from .positions import learned_pos_embed, position_similarity, resize_pos_embed, sincos_pos_embed_1d, sincos_pos_embed_2d
 from .runtime import budget, environment_report, is_quick, pick_device, seed_everything
@@ -16,4 +19,9 @@ __all__ = [
     "learned_pos_embed", "position_similarity", "resize_pos_embed", "sincos_pos_embed_1d", "sincos_pos_embed_2d",
     # chapter 3: attention
     "MultiHeadSelfAttention", "attention",
+    # chapter 4: encoder
+    "MLP", "DropPath", "Encoder", "EncoderBlock", "block_num_params",
+    # chapter 5: the model
+    "NAMED_SIZES", "ViTConfig", "VisionTransformer", "config_from_torchvision", "convert_torchvision_state_dict",
+    "timm_kwargs", "torchvision_kwargs", "vit_config",
 ]
