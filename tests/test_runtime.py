@@ -56,3 +56,14 @@ def test_environment_report_names_device_torch_and_mode(monkeypatch):
     assert "\n" not in line
     monkeypatch.setenv("VIT_QUICK", "0")
     assert "mode: full" in environment_report(torch.device("cpu"))
+
+
+def test_package_re_exports_do_not_shadow_submodules():
+    import types
+
+    import vit_from_scratch
+
+    for name in ("patches", "positions", "attention", "encoder", "model", "runtime"):
+        assert isinstance(getattr(vit_from_scratch, name), types.ModuleType), f"vit_from_scratch.{name} is shadowed"
+    for name in vit_from_scratch.__all__:
+        assert hasattr(vit_from_scratch, name), name

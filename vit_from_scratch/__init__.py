@@ -1,6 +1,7 @@
 """ViT from Scratch: the package the book builds, one chapter per module."""
 
-from .attention import MultiHeadSelfAttention, attention
+# `attention` (the function) is not re-exported: it would shadow the submodule vit_from_scratch.attention
+from .attention import MultiHeadSelfAttention
 from .encoder import MLP, DropPath, Encoder, EncoderBlock, block_num_params
 from .model import (NAMED_SIZES, ViTConfig, VisionTransformer, config_from_torchvision, convert_torchvision_state_dict,
                     timm_kwargs, torchvision_kwargs, vit_config)
@@ -18,7 +19,7 @@ __all__ = [
     # chapter 2: positions
     "learned_pos_embed", "position_similarity", "resize_pos_embed", "sincos_pos_embed_1d", "sincos_pos_embed_2d",
     # chapter 3: attention
-    "MultiHeadSelfAttention", "attention",
+    "MultiHeadSelfAttention",
     # chapter 4: encoder
     "MLP", "DropPath", "Encoder", "EncoderBlock", "block_num_params",
     # chapter 5: the model
