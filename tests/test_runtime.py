@@ -67,3 +67,16 @@ def test_package_re_exports_do_not_shadow_submodules():
         assert isinstance(getattr(vit_from_scratch, name), types.ModuleType), f"vit_from_scratch.{name} is shadowed"
     for name in vit_from_scratch.__all__:
         assert hasattr(vit_from_scratch, name), name
+
+
+def test_to_numpy_image_scales_uint8_pixels_and_keeps_floats():
+    import numpy as np
+    import torch
+
+    from vit_from_scratch.plotting import to_numpy_image
+
+    pixels = torch.tensor([0, 51, 255], dtype=torch.uint8).view(3, 1, 1).expand(3, 2, 2)
+    np.testing.assert_allclose(to_numpy_image(pixels)[0, 0], [0.0, 0.2, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(to_numpy_image(pixels.permute(1, 2, 0).numpy())[0, 0], [0.0, 0.2, 1.0], rtol=1e-6)
+    floats = torch.tensor([0.0, 0.5, 2.0]).view(3, 1, 1).expand(3, 2, 2)
+    np.testing.assert_allclose(to_numpy_image(floats)[0, 0], [0.0, 0.5, 1.0])

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 from torch import Tensor
 
 __all__ = ["to_numpy_image", "show_image", "draw_patch_grid", "show_patch_tokens"]
 
 
 def to_numpy_image(image: Tensor | np.ndarray) -> np.ndarray:
-    """(C, H, W) or (H, W, C) tensor/array in [0, 1] -> (H, W, C) float array clipped to [0, 1]."""
+    """(C, H, W) or (H, W, C) tensor/array -> (H, W, C) float array clipped to [0, 1].
+
+    Floats are taken to be in [0, 1]; integers (uint8 pixels) in [0, 255].
+    """
     if isinstance(image, Tensor):
-        image = image.detach().float().cpu()
+        scale = 255.0 if not (image.is_floating_point() or image.dtype == torch.bool) else 1.0
+        image = image.detach().cpu().float() / scale
         if image.ndim == 3 and image.shape[0] in (1, 3):
             image = image.permute(1, 2, 0)
         image = image.numpy()
+    elif np.issubdtype(np.asarray(image).dtype, np.integer):
+        image = np.asarray(image, dtype=np.float32) / 255.0
     image = np.asarray(image, dtype=np.float32)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
