@@ -197,3 +197,26 @@ def test_cli_tiny_run_end_to_end(tmp_path, capsys):
     assert cli.main(args + ["--resume", "--lr", "0.5"]) == 1
     assert "another configuration" in capsys.readouterr().err
     assert math.isfinite(json.loads((tmp_path / "run" / "history.json").read_text())["history"][-1]["test_loss"])
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_paths_train(amp):
+    """bf16 autocast, and fp16 with its gradient scaler (the Colab T4 path), both run and learn on CPU."""
+    result = fit(_config(epochs=2, amp=amp), train_set=TRAIN, test_set=TEST, device="cpu", progress=False, log=None)
+    h = result.history
+    assert all(math.isfinite(r["train_loss"]) for r in h) and h[-1]["train_loss"] < h[0]["train_loss"]
+
+
+def test_gradient_checkpointing_gives_the_same_weights():
+    plain = fit(_config(epochs=1), train_set=TRAIN, test_set=TEST, device="cpu", progress=False, log=None)
+    saved = fit(_config(epochs=1, grad_checkpointing=True), train_set=TRAIN, test_set=TEST, device="cpu",
+                progress=False, log=None)
+    assert saved.model.grad_checkpointing
+    for (k, a), b in zip(plain.model.state_dict().items(), saved.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_max_steps_stops_early_but_keeps_the_schedule():
+    result = fit(_config(epochs=3, max_steps=5), train_set=TRAIN, test_set=TEST, device="cpu", progress=False,
+                 log=None)
+    assert result.history[-1]["step"] == 5 and len(result.history) == 1
