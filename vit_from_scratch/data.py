@@ -82,10 +82,13 @@ def find_image_folder(root: str | os.PathLike, names: Sequence[str] = ("cifar10-
 
 
 def _decode(path: Path) -> Tensor:
-    from torchvision.io import ImageReadMode, decode_image
+    """One image file -> uint8 (3, H, W). Pillow decodes (torchvision's decoders are deprecated)."""
+    import numpy as np
+    from PIL import Image
 
-    data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-    return decode_image(data, mode=ImageReadMode.RGB)
+    with Image.open(path) as image:
+        pixels = np.array(image.convert("RGB"))  # (H, W, 3), a writable copy
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
 def load_image_folder(split_dir: str | os.PathLike, *, cache: bool = True) -> ImageSet:
