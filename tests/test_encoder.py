@@ -8,19 +8,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from vit_from_scratch.encoder import MLP, DropPath, Encoder, EncoderBlock, block_num_params
+from _helpers import randomise
 
 timm_layers = pytest.importorskip("timm.layers")
 timm_vit = pytest.importorskip("timm.models.vision_transformer")
 
 
-def randomise(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every parameter random values, so that LayerNorm scales and biases are tested too."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            is_norm_scale = "norm" in name and name.endswith("weight")
-            p.copy_(0.3 * torch.randn(p.shape, generator=g) + (1.0 if is_norm_scale else 0.0))
-    return module
 
 
 # --- MLP --------------------------------------------------------------------------------------------

@@ -10,20 +10,16 @@ from torch.utils.flop_counter import FlopCounterMode
 from vit_from_scratch.model import (NAMED_SIZES, VisionTransformer, ViTConfig, config_from_torchvision,
                                     convert_torchvision_state_dict, timm_kwargs, torchvision_kwargs, vit_config)
 from vit_from_scratch.positions import resize_pos_embed
+from _helpers import randomise as _randomise
 
 timm_vit = pytest.importorskip("timm.models.vision_transformer")
 
 TINY = dict(image_size=32, patch_size=8, num_classes=5, dim=32, depth=2, num_heads=4)
 
 
+
 def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random values everywhere (the zero head and unit norms would hide mistakes)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            is_norm_scale = "norm" in name and name.endswith("weight")
-            p.copy_(0.2 * torch.randn(p.shape, generator=g) + (1.0 if is_norm_scale else 0.0))
-    return model
+    return _randomise(model, seed, scale=0.2)
 
 
 def n_params(model: nn.Module) -> int:
