@@ -9,9 +9,10 @@ import torch
 from vit_from_scratch import train as cli
 from vit_from_scratch.data import ImageSet
 from vit_from_scratch.model import VisionTransformer
-from vit_from_scratch.training import (NonFiniteLossError, TrainConfig, build_optimizer, export_weights, fit,
-                                       load_checkpoint, load_trained_model, param_groups, preset, save_checkpoint,
-                                       warmup_cosine)
+from vit_from_scratch.data import default_data_dir, find_image_folder, load_image_folder, make_loader
+from vit_from_scratch.training import (NonFiniteLossError, TrainConfig, build_optimizer, evaluate, export_weights,
+                                       fit, load_checkpoint, load_trained_model, param_groups, preset,
+                                       save_checkpoint, warmup_cosine)
 
 TINY_MODEL = dict(image_size=16, patch_size=4, num_classes=3, dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
 
@@ -169,6 +170,20 @@ def test_export_and_load_trained_model_round_trip(tmp_path):
         torch.testing.assert_close(model(x), expected, atol=2e-2, rtol=2e-2)  # float16 storage
     with pytest.raises(FileNotFoundError, match="06_training"):
         load_trained_model("missing", directory=tmp_path / "w")
+
+
+def test_shipped_weights_reproduce_the_test_accuracy_their_run_reported():
+    """The weights in the package, evaluated on the whole CIFAR-10 test set (the JPEG copy they were trained
+    on), give the final test accuracy in their history; float16 storage may move it by a few images."""
+    folder = find_image_folder(default_data_dir())
+    if folder is None:
+        pytest.skip("CIFAR-10 is not in VIT_DATA_DIR")
+    model, info = load_trained_model(device="cpu")
+    test_set = load_image_folder(folder / "test")
+    loader = make_loader(test_set, 500, train=False, mean=info["mean"], std=info["std"], device=torch.device("cpu"))
+    result = evaluate(model, loader)
+    assert result["count"] == 10_000 and info["classes"] == list(test_set.classes)
+    assert abs(result["accuracy"] - info["history"][-1]["test_accuracy"]) <= 0.005, (result, info["history"][-1])
 
 
 def test_cli_help_documents_every_option(capsys):
