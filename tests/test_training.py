@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from vit_from_scratch import train as cli
-from vit_from_scratch.data import ImageSet
+from vit_from_scratch.data import ImageSet, default_data_dir, find_image_folder, load_image_folder, make_loader
 from vit_from_scratch.model import VisionTransformer
-from vit_from_scratch.data import default_data_dir, find_image_folder, load_image_folder, make_loader
 from vit_from_scratch.training import (NonFiniteLossError, TrainConfig, build_optimizer, evaluate, export_weights,
                                        fit, load_checkpoint, load_trained_model, param_groups, preset,
                                        save_checkpoint, warmup_cosine)
