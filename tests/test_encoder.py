@@ -14,8 +14,6 @@ timm_layers = pytest.importorskip("timm.layers")
 timm_vit = pytest.importorskip("timm.models.vision_transformer")
 
 
-
-
 # --- MLP --------------------------------------------------------------------------------------------
 
 def test_mlp_hidden_width_defaults_to_four_times_the_width():

@@ -17,7 +17,6 @@ timm_vit = pytest.importorskip("timm.models.vision_transformer")
 TINY = dict(image_size=32, patch_size=8, num_classes=5, dim=32, depth=2, num_heads=4)
 
 
-
 def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
     return _randomise(model, seed, scale=0.2)
 
