@@ -234,3 +234,30 @@ def test_max_steps_stops_early_but_keeps_the_schedule():
     result = fit(_config(epochs=3, max_steps=5), train_set=TRAIN, test_set=TEST, device="cpu", progress=False,
                  log=None)
     assert result.history[-1]["step"] == 5 and len(result.history) == 1
+
+
+def test_fit_trains_a_given_model_with_a_given_loss():
+    class TwoHeads(torch.nn.Module):  # a CNN-like module with a tuple output in training mode
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+            self.a, self.b = torch.nn.Linear(8, 3), torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = self.body(x)
+            return (self.a(h), self.b(h)) if self.training else (self.a(h) + self.b(h)) / 2
+
+    calls = []
+
+    def loss_fn(output, targets, images):
+        calls.append(images.shape)
+        return sum(torch.nn.functional.cross_entropy(o, targets) for o in output) / 2
+
+    model = TwoHeads()
+    result = fit(_config(epochs=3), train_set=TRAIN, test_set=TEST, device="cpu", progress=False, log=None,
+                 model=model, loss_fn=loss_fn)
+    assert result.model is model and len(calls) == 3 * len(TRAIN.labels) // 16
+    assert calls[0] == (16, 3, 16, 16)
+    h = result.history
+    assert h[-1]["train_loss"] < h[0]["train_loss"] and 0 <= h[-1]["test_accuracy"] <= 1

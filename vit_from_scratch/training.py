@@ -15,6 +15,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -267,10 +268,16 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
 
 def fit(config: TrainConfig, *, train_set: ImageSet | None = None, test_set: ImageSet | None = None,
         out_dir: str | os.PathLike | None = None, resume: bool = False, device: torch.device | str | None = None,
-        stop_after_epochs: int | None = None, progress: bool = True, log=print) -> FitResult:
+        stop_after_epochs: int | None = None, progress: bool = True, log=print, model: nn.Module | None = None,
+        loss_fn: Callable[[Any, Tensor, Tensor], Tensor] | None = None) -> FitResult:
     """Train a :class:`VisionTransformer` with ``config`` and return it with its history.
 
     Args:
+        model: train this module instead of ``VisionTransformer(config.vit_config())`` (a CNN, a hybrid, a
+            student with a distillation head); ``config.model['num_classes']`` must still match the data.
+            Its output may be a tuple in training mode; accuracy is read from the first element.
+        loss_fn: ``loss_fn(output, targets, images) -> loss`` replaces the label-smoothed cross-entropy
+            (``images`` are the augmented inputs, e.g. for a distillation teacher).
         train_set, test_set: decoded data (default: CIFAR-10 from ``VIT_DATA_DIR``).
         out_dir: where ``last.pt`` (atomic, every epoch) and ``history.json`` go; ``None``: nowhere.
         resume: continue from ``out_dir/last.pt``; refused if that run's config differs.
@@ -294,7 +301,7 @@ def fit(config: TrainConfig, *, train_set: ImageSet | None = None, test_set: Ima
 
     mean, std = channel_stats(train_set.images)  # normalise with the statistics of the data it trains on
     torch.manual_seed(config.seed)
-    model = VisionTransformer(vit_config).to(device)
+    model = (VisionTransformer(vit_config) if model is None else model).to(device)
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     train_loader = make_loader(train_set, config.batch_size, train=True, mean=mean, std=std, device=device,
@@ -339,8 +346,12 @@ def fit(config: TrainConfig, *, train_set: ImageSet | None = None, test_set: Ima
             images_in, targets = mixup_cutmix(images, labels, vit_config.num_classes,
                                               mixup_alpha=config.mixup, cutmix_alpha=config.cutmix)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits = train_model(images_in)
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
+                output = train_model(images_in)
+            logits = output[0] if isinstance(output, (tuple, list)) else output
+            if loss_fn is None:
+                loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
+            else:
+                loss = loss_fn(output, targets, images_in)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (learning rate "
