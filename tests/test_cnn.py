@@ -1,0 +1,48 @@
+"""The small CNN: shapes per stage, residual shortcuts, input checks, that it learns."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vit_from_scratch.cnn import ResidualBlock, SmallResNet
+
+
+def test_stages_halve_resolution_and_head_gives_class_logits():
+    model = SmallResNet(num_classes=7, widths=(8, 16, 32))
+    images = torch.randn(2, 3, 32, 32)
+    assert model.forward_features(images).shape == (2, 32, 8, 8)
+    assert model(images).shape == (2, 7)
+
+
+def test_block_uses_identity_shortcut_only_when_shape_is_kept():
+    assert isinstance(ResidualBlock(8, 8).shortcut, torch.nn.Identity)
+    assert ResidualBlock(8, 16, stride=2)(torch.randn(1, 8, 8, 8)).shape == (1, 16, 4, 4)
+
+
+def test_block_adds_its_input_when_the_residual_branch_is_zero():
+    block = ResidualBlock(4, 4).eval()
+    torch.nn.init.zeros_(block.bn2.weight)  # F(x) = 0: the block is relu(x)
+    x = torch.randn(2, 4, 5, 5)
+    torch.testing.assert_close(block(x), F.relu(x))
+
+
+def test_cnn_rejects_wrong_channels_with_a_hint():
+    with pytest.raises(ValueError, match="channels-last"):
+        SmallResNet()(torch.randn(2, 32, 32, 3))
+    with pytest.raises(ValueError, match="one or more positive"):
+        SmallResNet(widths=())
+
+
+def test_cnn_fits_a_tiny_batch():
+    torch.manual_seed(0)
+    model = SmallResNet(num_classes=3, widths=(8, 16))
+    images, labels = torch.randn(12, 3, 16, 16), torch.arange(12) % 3
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    first = None
+    for _ in range(30):
+        loss = F.cross_entropy(model(images), labels)
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
