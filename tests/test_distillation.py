@@ -31,8 +31,7 @@ def test_student_has_two_prefix_tokens_and_returns_two_heads_in_training_and_the
 
 
 def test_student_matches_timm_deit_distilled_model_in_training_and_eval():
-    from timm.models.deit import VisionTransformerDistilled
-
+    VisionTransformerDistilled = pytest.importorskip("timm.models.deit").VisionTransformerDistilled
     student = _student()
     reference = VisionTransformerDistilled(**timm_kwargs(CONFIG))
     reference.load_state_dict(student.state_dict())  # same key names, strict
