@@ -2,12 +2,20 @@
 
 # `attention` (the function) is not re-exported: it would shadow the submodule vit_from_scratch.attention
 from .attention import MultiHeadSelfAttention
+from .cnn import ResidualBlock, SmallResNet
+from .distillation import DistilledVisionTransformer, HardDistillationLoss, hard_distillation_loss
+from .efficiency import (SavedTensorMemory, TensorMemoryTracker, Timing, attention_matrix_bytes, autocast_works,
+                         benchmark, peak_memory, resize_images, to_resolution)
 from .encoder import MLP, DropPath, Encoder, EncoderBlock, block_num_params
 from .model import (NAMED_SIZES, ViTConfig, VisionTransformer, config_from_torchvision, convert_torchvision_state_dict,
                     timm_kwargs, torchvision_kwargs, vit_config)
 from .patches import PatchEmbedding, check_patch_grid, patchify, unpatchify
 from .positions import learned_pos_embed, position_similarity, resize_pos_embed, sincos_pos_embed_1d, sincos_pos_embed_2d
 from .runtime import budget, environment_report, is_quick, pick_device, seed_everything
+from .hybrid import ConvStem, HybridViT
+from .windows import (PatchMerging, SwinBlock, WindowAttention, cyclic_shift, msa_macs, pyramid_costs,
+                      relative_position_index, shift_region_labels, shifted_window_mask, window_partition,
+                      window_reverse)
 
 __version__ = "0.1.0"
 
@@ -25,4 +33,13 @@ __all__ = [
     # chapter 5: the model
     "NAMED_SIZES", "ViTConfig", "VisionTransformer", "config_from_torchvision", "convert_torchvision_state_dict",
     "timm_kwargs", "torchvision_kwargs", "vit_config",
+    # chapter 8: efficiency
+    "SavedTensorMemory", "TensorMemoryTracker", "Timing", "attention_matrix_bytes", "autocast_works", "benchmark",
+    "peak_memory", "resize_images", "to_resolution",
+    # chapter 9: data efficiency
+    "ResidualBlock", "SmallResNet", "DistilledVisionTransformer", "HardDistillationLoss", "hard_distillation_loss",
+    # chapter 10: windows, pyramids, hybrids
+    "PatchMerging", "SwinBlock", "WindowAttention", "cyclic_shift", "msa_macs", "pyramid_costs",
+    "relative_position_index", "shift_region_labels", "shifted_window_mask", "window_partition", "window_reverse",
+    "ConvStem", "HybridViT",
 ]
