@@ -213,3 +213,13 @@ def test_attention_rejects_mismatched_query_and_key_width():
         attention(torch.randn(3, 4), torch.randn(3, 5), torch.randn(3, 5))
     with pytest.raises(ValueError, match="every key needs one value"):
         attention(torch.randn(3, 4), torch.randn(3, 4), torch.randn(2, 4))
+
+
+def test_attention_bias_is_added_to_the_scores_like_sdpa_attn_mask():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8) for _ in range(3))
+    bias = torch.randn(3, 5, 5)
+    bias[:, 0, 1:] = float("-inf")  # the first query may only see the first key
+    out, weights = attention(q, k, v, bias=bias)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=bias), **TOL[torch.float32])
+    assert torch.all(weights[..., 0, 1:] == 0) and torch.allclose(weights[..., 0, 0], torch.ones(()))

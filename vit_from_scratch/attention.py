@@ -13,10 +13,13 @@ from torch import Tensor, nn
 __all__ = ["attention", "MultiHeadSelfAttention"]
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, *, dropout_p: float = 0.0) -> tuple[Tensor, Tensor]:
+def attention(q: Tensor, k: Tensor, v: Tensor, *, dropout_p: float = 0.0,
+              bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Scaled dot-product attention, written out (Vaswani et al., 2017, eq. 1).
 
-    ``softmax(q kᵀ / sqrt(d)) v``, where ``d`` is the width of one query/key vector (per head).
+    ``softmax(q kᵀ / sqrt(d) + bias) v``, where ``d`` is the width of one query/key vector (per head).
+    ``bias`` (broadcast to ``(..., N, M)``, default none) is added to the scores: a relative position
+    bias, or ``-inf`` where a mask blocks a pair, as ``attn_mask`` in ``F.scaled_dot_product_attention``.
     Returns the output and the attention weights (after softmax, before dropout). Dropout, when
     ``dropout_p > 0``, is always applied: callers pass 0 in evaluation.
 
@@ -33,6 +36,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, dropout_p: float = 0.0) -> tup
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     scale = 1.0 / math.sqrt(q.shape[-1])
     scores = (q @ k.transpose(-2, -1)) * scale  # (..., N, d) @ (..., d, M) -> (..., N, M)
+    if bias is not None:
+        scores = scores + bias
     weights = scores.softmax(dim=-1)  # each row sums to 1
     dropped = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
     return dropped @ v, weights  # (..., N, M) @ (..., M, d_v) -> (..., N, d_v)

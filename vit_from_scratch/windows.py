@@ -13,12 +13,12 @@ Token maps are channels-last, (B, H, W, C), as in Swin and timm.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import attention
 from .encoder import MLP
 
 __all__ = [
@@ -213,9 +213,7 @@ class WindowAttention(nn.Module):
             bias = bias.unsqueeze(1) + blocked[None, :, None]  # (1, 1, h, A, A) + (1, nW, 1, A, A)
             bias = bias.expand(Bw // nW, nW, h, A, A).reshape(Bw, h, A, A)  # (B, nW, h, A, A) -> (Bw, h, A, A)
         if return_attention:
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(d) + bias  # (Bw, h, A, d) @ (Bw, h, d, A) -> (Bw, h, A, A)
-            weights = scores.softmax(dim=-1)
-            out = weights @ v  # (Bw, h, A, A) @ (Bw, h, A, d) -> (Bw, h, A, d)
+            out, weights = attention(q, k, v, bias=bias)  # (Bw, h, A, d), weights (Bw, h, A, A)
         else:
             out, weights = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype)), None
         out = self.proj(out.transpose(1, 2).reshape(Bw, A, C))  # (Bw, h, A, d) -> (Bw, A, h, d) -> (Bw, A, C)
