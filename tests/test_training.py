@@ -153,7 +153,9 @@ def test_config_errors_and_presets():
         TrainConfig(amp="fp8")
     with pytest.raises(ValueError, match="unknown preset"):
         preset("imagenet")
-    config = preset("cifar10-cpu", epochs=3, model={"depth": 2})
+    with pytest.raises(ValueError, match="low_res_epochs=0"):  # the chapter's preset starts with 10 epochs at 16 px
+        preset("cifar10-cpu", epochs=3)
+    config = preset("cifar10-cpu", epochs=3, low_res_epochs=0, model={"depth": 2})
     assert config.epochs == 3 and config.model["depth"] == 2 and config.model["dim"] == preset("cifar10-cpu").model["dim"]
 
 
@@ -203,10 +205,10 @@ def test_cli_tiny_run_end_to_end(tmp_path, capsys):
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
     args = ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--device", "cpu",
-            "--model", json.dumps(TINY_MODEL), "--epochs", "2", "--batch-size", "16", "--no-progress"]
+            "--model", json.dumps(TINY_MODEL), "--epochs", "2", "--batch-size", "16", "--no-progress", "--low-res-epochs", "1", "--low-res-size", "8"]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
-    assert "epoch   2/2" in out and "done: test accuracy" in out
+    assert "epoch   2/2" in out and "done: test accuracy" in out and "moves from 8 to 16 px" in out
     assert cli.main(args + ["--resume"]) == 0  # already finished: resumes and does nothing more
     assert cli.main(args + ["--resume", "--lr", "0.5"]) == 1
     assert "another configuration" in capsys.readouterr().err
@@ -261,3 +263,65 @@ def test_fit_trains_a_given_model_with_a_given_loss():
     assert calls[0] == (16, 3, 16, 16)
     h = result.history
     assert h[-1]["train_loss"] < h[0]["train_loss"] and 0 <= h[-1]["test_accuracy"] <= 1
+
+
+def _progressive(**kw):
+    return _config(**{**dict(epochs=3, low_res_epochs=1, low_res_size=8, full_res_lr=1e-3,
+                             full_res_warmup_epochs=0.25), **kw})
+
+
+def test_progressive_resizing_phases_schedules_and_sizes():
+    config = _progressive()
+    low, full = config.phases()
+    assert (low.image_size, low.first_epoch, low.end_epoch, low.lr, low.warmup_epochs, low.padding) == \
+        (8, 0, 1, 3e-3, 0.5, 2)  # the crop padding shrinks with the image
+    assert (full.image_size, full.first_epoch, full.end_epoch, full.lr, full.warmup_epochs, full.padding) == \
+        (16, 1, 3, 1e-3, 0.25, 4)
+    assert [p.image_size for p in _config().phases()] == [16]
+    result = fit(config, train_set=TRAIN, test_set=TEST, device="cpu", progress=False, log=None)
+    h = result.history
+    assert [r["image_size"] for r in h] == [8, 16, 16]
+    assert result.model.config.image_size == 16 and result.model.pos_embed.shape[1] == 1 + 16
+    steps = len(TRAIN) // config.batch_size
+    # each phase has its own warmup + cosine: the first ends at min_lr, the second restarts to full_res_lr
+    assert h[0]["lr"] == pytest.approx(config.min_lr)
+    expected = warmup_cosine(steps, total_steps=2 * steps, warmup_steps=round(0.25 * steps), lr=1e-3,
+                             min_lr=config.min_lr)
+    assert h[1]["lr"] == pytest.approx(expected) and expected > 10 * config.min_lr
+    assert h[2]["lr"] == pytest.approx(config.min_lr)
+
+
+@pytest.mark.parametrize("first", [1, 2])
+def test_progressive_resizing_resumes_exactly_across_the_change_of_size(tmp_path, first):
+    config = _progressive()
+    straight = fit(config, train_set=TRAIN, test_set=TEST, out_dir=tmp_path / "a", device="cpu", progress=False,
+                   log=None)
+    fit(config, train_set=TRAIN, test_set=TEST, out_dir=tmp_path / "b", device="cpu", progress=False, log=None,
+        stop_after_epochs=first)
+    saved = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert saved["model"]["pos_embed"].shape[1] == 1 + 16, "the checkpoint after epoch 1 is already at full size"
+    torch.manual_seed(999)
+    resumed = fit(config, train_set=TRAIN, test_set=TEST, out_dir=tmp_path / "b", device="cpu", progress=False,
+                  log=None, resume=True)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), f"{k} differs after resume"
+    assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
+
+
+def test_progressive_resizing_config_errors():
+    with pytest.raises(ValueError, match="fewer than epochs"):
+        _progressive(low_res_epochs=3)
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        _progressive(low_res_size=10)
+    with pytest.raises(ValueError, match="below the image size"):
+        _progressive(low_res_size=16)
+    with pytest.raises(ValueError, match="low_res_epochs must be"):
+        _progressive(low_res_epochs=-1)
+    with pytest.raises(ValueError, match="full_res_lr"):
+        _progressive(full_res_lr=1e-7)
+    cnn = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    with pytest.raises(TypeError, match="low_res_epochs=0"):
+        fit(_progressive(), train_set=TRAIN, test_set=TEST, device="cpu", progress=False, log=None, model=cnn)
+    chapter = preset("cifar10-cpu")
+    assert [(p.image_size, p.epochs) for p in chapter.phases()] == [(16, 10), (32, 12)]
+    assert [p.image_size for p in preset("cifar10-cpu", low_res_epochs=0).phases()] == [32]

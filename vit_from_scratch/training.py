@@ -3,7 +3,9 @@
 AdamW without weight decay on norms, biases, position embedding and class token; linear warmup then
 cosine decay, stepped every batch; label smoothing; gradient clipping; mixed precision (bf16 where the
 hardware has it, fp16 with a gradient scaler otherwise); optional gradient checkpointing and
-``torch.compile``. Checkpoints are written atomically and hold everything needed to resume exactly.
+``torch.compile``; optional progressive resizing (the first epochs on downsampled images, then the model
+moves to full size and a second warmup + cosine starts). Checkpoints are written atomically and hold
+everything needed to resume exactly, across the change of size too.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -24,11 +26,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import ImageSet, channel_stats, load_cifar10, make_loader, mixup_cutmix
+from .efficiency import resize_images, to_resolution
 from .model import ViTConfig, VisionTransformer
 from .runtime import pick_device
 
 __all__ = [
-    "TrainConfig", "PRESETS", "preset", "param_groups", "warmup_cosine", "build_optimizer", "autocast_dtype",
+    "TrainConfig", "Phase", "PRESETS", "preset", "param_groups", "warmup_cosine", "build_optimizer", "autocast_dtype",
     "evaluate", "fit", "FitResult", "NonFiniteLossError", "save_checkpoint", "load_checkpoint",
     "load_trained_model", "export_weights", "WEIGHTS_DIR",
 ]
@@ -50,6 +53,13 @@ class TrainConfig:
     lr: float = _opt(1e-3, "peak learning rate, reached at the end of the warmup")
     min_lr: float = _opt(1e-5, "learning rate at the end of the cosine decay")
     warmup_epochs: float = _opt(2.0, "linear warmup length in epochs (fractions allowed)")
+    low_res_epochs: int = _opt(0, "progressive resizing: train the first this many of the epochs on images "
+                                  "downsampled to low_res_size, then move the model to full size (0: off)")
+    low_res_size: int = _opt(16, "image side in pixels for the low_res_epochs (a multiple of the patch size); the "
+                                 "crop padding shrinks in proportion")
+    full_res_lr: float = _opt(None, "peak learning rate of the second warmup + cosine, which starts when the model "
+                                    "moves to full size (default: lr)")
+    full_res_warmup_epochs: float = _opt(None, "warmup of that second schedule in epochs (default: warmup_epochs)")
     weight_decay: float = _opt(0.05, "AdamW weight decay (never applied to norms, biases, positions, class token)")
     betas: tuple = _opt((0.9, 0.999), "AdamW betas")
     label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy")
@@ -79,6 +89,19 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
+        if self.full_res_lr is not None and not 0 <= self.min_lr <= self.full_res_lr:
+            raise ValueError(f"need min_lr <= full_res_lr, got full_res_lr={self.full_res_lr}, min_lr={self.min_lr}")
+        if self.low_res_epochs < 0:
+            raise ValueError(f"low_res_epochs must be 0 (off) or more, got {self.low_res_epochs}")
+        if self.low_res_epochs:
+            if self.low_res_epochs >= self.epochs:
+                raise ValueError(f"low_res_epochs ({self.low_res_epochs}) must be fewer than epochs ({self.epochs}), "
+                                 "so that training ends at full size; or set low_res_epochs=0 to train at one size")
+            vit = self.vit_config()
+            if not 0 < self.low_res_size < vit.image_size or self.low_res_size % vit.patch_size:
+                raise ValueError(f"low_res_size must be a multiple of the patch size ({vit.patch_size}) below the "
+                                 f"image size ({vit.image_size}), got {self.low_res_size}; e.g. "
+                                 f"low_res_size={vit.image_size // 2 // vit.patch_size * vit.patch_size or vit.patch_size}")
 
     def vit_config(self) -> ViTConfig:
         return ViTConfig.from_dict(self.model or {})
@@ -86,14 +109,47 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def phases(self) -> list[Phase]:
+        """The stretches of training at one image size, each with its own warmup + cosine: one, or two with
+        progressive resizing (``low_res_epochs`` at ``low_res_size``, then the rest at full size)."""
+        full = self.vit_config().image_size
+        if not self.low_res_epochs:
+            return [Phase(full, 0, self.epochs, self.lr, self.warmup_epochs, self.padding)]
+        low_padding = round(self.padding * self.low_res_size / full)
+        return [Phase(self.low_res_size, 0, self.low_res_epochs, self.lr, self.warmup_epochs, low_padding),
+                Phase(full, self.low_res_epochs, self.epochs,
+                      self.lr if self.full_res_lr is None else self.full_res_lr,
+                      self.warmup_epochs if self.full_res_warmup_epochs is None else self.full_res_warmup_epochs,
+                      self.padding)]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Epochs ``first_epoch`` (0-based) to ``end_epoch`` (exclusive) at ``image_size`` pixels, under one linear
+    warmup to ``lr`` and cosine decay laid out for exactly these epochs, with crops padded by ``padding``."""
+
+    image_size: int
+    first_epoch: int
+    end_epoch: int
+    lr: float
+    warmup_epochs: float
+    padding: int
+
+    @property
+    def epochs(self) -> int:
+        return self.end_epoch - self.first_epoch
+
 
 # The chapter's model and recipe, chosen to fit a 2-core CPU budget (see book/06_training.ipynb). On a CPU a
 # batch of 64 trains nearly as many images per second as 128 and gives twice the optimiser steps, which
-# in short probes (tests/benchmarks/recipe_probe.py) beat batch 128; 15 epochs fit in about 45 minutes.
+# in short probes (tests/benchmarks/recipe_probe.py) beat batch 128. Progressive resizing: 10 epochs at
+# 16 px cost about as much as 3 at 32 px (a quarter of the tokens), then 12 epochs at 32 px with a second,
+# gentler schedule; 22 epochs fit in about 43 minutes (tests/benchmarks/progressive_probe.py measured the idea).
 PRESETS: dict[str, dict[str, Any]] = {
     "cifar10-cpu": dict(
         model=dict(image_size=32, patch_size=4, num_classes=10, dim=128, depth=6, num_heads=4, mlp_ratio=2.0),
-        epochs=15, batch_size=64, lr=1e-3, min_lr=1e-5, warmup_epochs=1.0, weight_decay=0.05,
+        epochs=22, batch_size=64, lr=1e-3, min_lr=1e-5, warmup_epochs=1.0, weight_decay=0.05,
+        low_res_epochs=10, low_res_size=16, full_res_lr=5e-4, full_res_warmup_epochs=0.25,
         label_smoothing=0.1, grad_clip=1.0, padding=4, flip=True, policy="none"),
     "cifar10-gpu": dict(
         model=dict(image_size=32, patch_size=4, num_classes=10, dim=384, depth=8, num_heads=6, mlp_ratio=2.0,
@@ -136,16 +192,18 @@ def warmup_cosine(step: int, *, total_steps: int, warmup_steps: int, lr: float, 
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig, steps_per_epoch: int):
-    """AdamW over :func:`param_groups` and a per-step LambdaLR following :func:`warmup_cosine`."""
+def build_optimizer(model: nn.Module, config: TrainConfig, steps_per_epoch: int, phase: Phase | None = None):
+    """AdamW over :func:`param_groups` and a per-step LambdaLR following :func:`warmup_cosine` over ``phase``
+    (default: the config's first phase, which is the whole run without progressive resizing)."""
+    phase = phase or config.phases()[0]
     fused = all(p.is_cuda for p in model.parameters())
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas,
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=phase.lr, betas=config.betas,
                                   **({"fused": True} if fused else {}))
-    total = config.epochs * steps_per_epoch
-    warmup = max(1, round(config.warmup_epochs * steps_per_epoch))
+    total = phase.epochs * steps_per_epoch
+    warmup = max(1, round(phase.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, total_steps=total, warmup_steps=warmup, lr=config.lr,
-                                           min_lr=config.min_lr) / config.lr)
+        optimizer, lambda s: warmup_cosine(s, total_steps=total, warmup_steps=warmup, lr=phase.lr,
+                                           min_lr=config.min_lr) / phase.lr)
     return optimizer, scheduler
 
 
@@ -299,28 +357,54 @@ def fit(config: TrainConfig, *, train_set: ImageSet | None = None, test_set: Ima
         raise ValueError(f"the model has {vit_config.num_classes} classes but the data has {len(train_set.classes)} "
                          f"({', '.join(train_set.classes)}); set model.num_classes")
 
-    mean, std = channel_stats(train_set.images)  # normalise with the statistics of the data it trains on
+    # Normalise with the statistics of the data it trains on (the full-size images, in every phase).
+    mean, std = channel_stats(train_set.images)
+    phases = config.phases()
+    if model is not None and len(phases) > 1 and not isinstance(model, VisionTransformer):
+        raise TypeError(f"progressive resizing (low_res_epochs={config.low_res_epochs}) moves a VisionTransformer "
+                        f"to a new image size; a {type(model).__name__} cannot; set low_res_epochs=0")
     torch.manual_seed(config.seed)
-    model = (VisionTransformer(vit_config) if model is None else model).to(device)
+    if model is None:
+        model = VisionTransformer(replace(vit_config, image_size=phases[0].image_size))
+    model = model.to(device)
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    train_loader = make_loader(train_set, config.batch_size, train=True, mean=mean, std=std, device=device,
-                               policy=None if config.policy == "none" else config.policy, padding=config.padding,
-                               flip=config.flip, seed=config.seed, num_workers=config.num_workers)
-    test_loader = make_loader(test_set, 500, train=False, mean=mean, std=std, device=device)
-    steps_per_epoch = len(train_loader)
-    optimizer, scheduler = build_optimizer(model, config, steps_per_epoch)
-    dtype = autocast_dtype(config.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    history: list[dict] = []
-    start_epoch, step = 0, 0
+    resized: dict[int, tuple[ImageSet, ImageSet]] = {vit_config.image_size: (train_set, test_set)}
 
+    def enter(index: int, model: nn.Module):
+        """The model at phase ``index``'s size, its loaders and a fresh optimiser and schedule."""
+        phase = phases[index]
+        if isinstance(model, VisionTransformer) and model.config.image_size != phase.image_size:
+            model = to_resolution(model, phase.image_size)  # the position embedding is interpolated
+        if phase.image_size not in resized:
+            resized[phase.image_size] = (resize_images(train_set, phase.image_size),
+                                         resize_images(test_set, phase.image_size))
+        train_data, test_data = resized[phase.image_size]
+        train_loader = make_loader(train_data, config.batch_size, train=True, mean=mean, std=std, device=device,
+                                   policy=None if config.policy == "none" else config.policy,
+                                   padding=phase.padding, flip=config.flip, seed=config.seed + index,
+                                   num_workers=config.num_workers)
+        test_loader = make_loader(test_data, 500, train=False, mean=mean, std=std, device=device)
+        optimizer, scheduler = build_optimizer(model, config, len(train_loader), phase)
+        return model, train_loader, test_loader, optimizer, scheduler
+
+    history: list[dict] = []
+    start_epoch, step, index = 0, 0, 0
+    state = None
     if resume:
         state = load_checkpoint(checkpoint_path)
         diffs = _config_differences(state["config"], config.to_dict())
         if diffs:
             raise ValueError(f"{checkpoint_path} was written by a run with another configuration:\n  "
                              + "\n  ".join(diffs) + "\nresume with the same options, or start fresh in another --out")
+        # A checkpoint is saved after the move to the next phase, so it belongs to the phase of its next epoch.
+        index = next(i for i, ph in enumerate(phases) if min(state["epoch"], config.epochs - 1) < ph.end_epoch)
+    model, train_loader, test_loader, optimizer, scheduler = enter(index, model)
+    steps_per_epoch = len(train_loader)
+    dtype = autocast_dtype(config.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -378,7 +462,8 @@ def fit(config: TrainConfig, *, train_set: ImageSet | None = None, test_set: Ima
                 break
         train_time = time.perf_counter() - t0
         test = evaluate(model, test_loader, device=device, amp=config.amp)
-        record = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum.item() / max(seen, 1),
+        record = {"epoch": epoch + 1, "step": step, "image_size": phases[index].image_size,
+                  "train_loss": loss_sum.item() / max(seen, 1),
                   "train_accuracy": correct.item() / max(seen, 1), "test_loss": test["loss"],
                   "test_accuracy": test["accuracy"], "lr": scheduler.get_last_lr()[0],
                   "images_per_s": seen / train_time, "epoch_time_s": train_time,
@@ -389,6 +474,13 @@ def fit(config: TrainConfig, *, train_set: ImageSet | None = None, test_set: Ima
                 f"acc {record['train_accuracy']:.3f} | test loss {record['test_loss']:.3f} "
                 f"acc {record['test_accuracy']:.3f} | lr {record['lr']:.2e} | {record['images_per_s']:.0f} img/s "
                 f"| {train_time:.0f} s")
+        if epoch + 1 == phases[index].end_epoch and index + 1 < len(phases):
+            index += 1
+            model, train_loader, test_loader, optimizer, scheduler = enter(index, model)
+            train_model = torch.compile(model) if config.compile else model
+            if log:
+                log(f"progressive resizing: the model moves from {phases[index - 1].image_size} to "
+                    f"{phases[index].image_size} px; a new warmup + cosine to lr {phases[index].lr:g} starts")
         if out is not None:
             save_checkpoint(checkpoint_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
