@@ -48,7 +48,7 @@ def main() -> None:
     if args.child:  # one probe, in its own process
         print(json.dumps(_probe(json.loads(args.child))))
         return
-    variants = [{"epochs": args.epochs, **json.loads(v)} for v in args.variant]
+    variants = [{"epochs": args.epochs, "low_res_epochs": 0, **json.loads(v)} for v in args.variant]  # one size unless asked
     results = []
     for i in range(0, len(variants), 2):  # two at a time, one thread each
         procs = [subprocess.Popen([sys.executable, __file__, "--variant", "{}", "--child", json.dumps(v)],
