@@ -144,7 +144,7 @@ class Phase:
 # batch of 64 trains nearly as many images per second as 128 and gives twice the optimiser steps, which
 # in short probes (tests/benchmarks/recipe_probe.py) beat batch 128. Progressive resizing: 14 epochs at
 # 16 px cost about as much as 4 at 32 px (a quarter of the tokens), then 11 epochs at 32 px with a second,
-# gentler schedule; 25 epochs fit in about 43 minutes. tests/benchmarks/results/ has the runs that chose it:
+# gentler schedule; 25 epochs took 41.4 minutes of training in book/06_training.ipynb. tests/benchmarks/results/ has the runs that chose it:
 # 10 + 11 epochs reached 74.99% (progressive_probe.py), 10 + 12 epochs 74.97%.
 PRESETS: dict[str, dict[str, Any]] = {
     "cifar10-cpu": dict(
