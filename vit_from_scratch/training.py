@@ -98,10 +98,11 @@ class TrainConfig:
                 raise ValueError(f"low_res_epochs ({self.low_res_epochs}) must be fewer than epochs ({self.epochs}), "
                                  "so that training ends at full size; or set low_res_epochs=0 to train at one size")
             vit = self.vit_config()
-            if not 0 < self.low_res_size < vit.image_size or self.low_res_size % vit.patch_size:
-                raise ValueError(f"low_res_size must be a multiple of the patch size ({vit.patch_size}) below the "
-                                 f"image size ({vit.image_size}), got {self.low_res_size}; e.g. "
-                                 f"low_res_size={vit.image_size // 2 // vit.patch_size * vit.patch_size or vit.patch_size}")
+            P = vit.patch_size
+            if not 0 < self.low_res_size < vit.image_size or self.low_res_size % P:
+                raise ValueError(f"low_res_size must be a multiple of the patch size ({P}) below the image size "
+                                 f"({vit.image_size}), got {self.low_res_size}; e.g. "
+                                 f"low_res_size={max(P, vit.image_size // 2 // P * P)}")
 
     def vit_config(self) -> ViTConfig:
         return ViTConfig.from_dict(self.model or {})
@@ -144,8 +145,8 @@ class Phase:
 # batch of 64 trains nearly as many images per second as 128 and gives twice the optimiser steps, which
 # in short probes (tests/benchmarks/recipe_probe.py) beat batch 128. Progressive resizing: 14 epochs at
 # 16 px cost about as much as 4 at 32 px (a quarter of the tokens), then 11 epochs at 32 px with a second,
-# gentler schedule; 25 epochs took 41.4 minutes of training in book/06_training.ipynb. tests/benchmarks/results/ has the runs that chose it:
-# 10 + 11 epochs reached 74.99% (progressive_probe.py), 10 + 12 epochs 74.97%.
+# gentler schedule. The 25 epochs took 41.4 minutes of training in book/06_training.ipynb. The runs that
+# chose the split are in tests/benchmarks/results/: 10 + 11 epochs reached 74.99%, 10 + 12 epochs 74.97%.
 PRESETS: dict[str, dict[str, Any]] = {
     "cifar10-cpu": dict(
         model=dict(image_size=32, patch_size=4, num_classes=10, dim=128, depth=6, num_heads=4, mlp_ratio=2.0),
@@ -322,7 +323,7 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
         return iterable
     from tqdm.auto import tqdm
 
-    # mininterval: a notebook's progress widget costs CPU on every refresh, so refresh about once a second
+    # refresh about once a second: each refresh of a notebook's widget is a message the front end must process
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
 
 
