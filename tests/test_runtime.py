@@ -1,12 +1,15 @@
-"""runtime.py: device choice, seeding, the quick flag, the environment report."""
+"""runtime.py: device choice, seeding, the quick flag, the environment report, timing, the network check."""
 
 import random
+import socket
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from vit_from_scratch import budget, environment_report, is_quick, pick_device, seed_everything
+from vit_from_scratch import (Timing, benchmark, budget, environment_report, is_quick, network_available, pick_device,
+                              seed_everything, synchronize)
 
 
 def test_pick_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
@@ -80,3 +83,48 @@ def test_to_numpy_image_scales_uint8_pixels_and_keeps_floats():
     np.testing.assert_allclose(to_numpy_image(pixels.permute(1, 2, 0).numpy())[0, 0], [0.0, 0.2, 1.0], rtol=1e-6)
     floats = torch.tensor([0.0, 0.5, 2.0]).view(3, 1, 1).expand(3, 2, 2)
     np.testing.assert_allclose(to_numpy_image(floats)[0, 0], [0.0, 0.5, 1.0])
+
+
+def test_benchmark_calls_warmup_then_times_each_repeat():
+    calls = []
+    timing = benchmark(lambda: calls.append(1), repeats=4, warmup=2)
+    assert len(calls) == 6 and len(timing.seconds) == 4
+    assert timing.best <= timing.median and all(s >= 0 for s in timing.seconds)
+
+
+def test_timing_median_and_best():
+    timing = Timing([0.3, 0.1, 0.2])
+    assert timing.median == 0.2 and timing.best == 0.1
+    assert "200.0 ms" in str(timing)
+
+
+def test_benchmark_rejects_no_repeats():
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        benchmark(lambda: None, repeats=0)
+
+
+def test_synchronize_is_a_no_op_on_the_cpu_and_without_a_device():
+    synchronize(None)
+    synchronize("cpu")
+    synchronize(torch.device("cpu"))
+
+
+def test_network_available_returns_within_its_timeout_even_when_the_lookup_hangs(monkeypatch):
+    def hanging_lookup(*args, **kwargs):
+        time.sleep(5)
+        raise OSError("never reached in time")
+
+    monkeypatch.setattr(socket, "create_connection", hanging_lookup)
+    t0 = time.perf_counter()
+    assert network_available("example.invalid", 443, timeout=0.2) is False
+    assert time.perf_counter() - t0 < 2
+
+
+def test_network_available_true_for_a_listening_local_port():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    try:
+        assert network_available("127.0.0.1", server.getsockname()[1], timeout=2.0)
+    finally:
+        server.close()

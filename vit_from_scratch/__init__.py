@@ -4,14 +4,15 @@
 from .attention import MultiHeadSelfAttention
 from .cnn import ResidualBlock, SmallResNet
 from .distillation import DistilledVisionTransformer, HardDistillationLoss, hard_distillation_loss
-from .efficiency import (SavedTensorMemory, TensorMemoryTracker, Timing, attention_matrix_bytes, autocast_works,
-                         benchmark, peak_memory, resize_images, to_resolution)
+from .data import resize_images
+from .efficiency import SavedTensorMemory, TensorMemoryTracker, attention_matrix_bytes, autocast_works, peak_memory
 from .encoder import MLP, DropPath, Encoder, EncoderBlock, block_num_params
 from .model import (NAMED_SIZES, ViTConfig, VisionTransformer, config_from_torchvision, convert_torchvision_state_dict,
-                    timm_kwargs, torchvision_kwargs, vit_config)
+                    timm_kwargs, to_resolution, torchvision_kwargs, vit_config)
 from .patches import PatchEmbedding, check_patch_grid, patchify, unpatchify
 from .positions import learned_pos_embed, position_similarity, resize_pos_embed, sincos_pos_embed_1d, sincos_pos_embed_2d
-from .runtime import budget, environment_report, is_quick, pick_device, seed_everything
+from .runtime import (Timing, benchmark, budget, environment_report, is_quick, network_available, pick_device,
+                      seed_everything, synchronize)
 from .hybrid import ConvStem, HybridViT
 from .windows import (PatchMerging, SwinBlock, WindowAttention, cyclic_shift, msa_macs, pyramid_costs,
                       relative_position_index, shift_region_labels, shifted_window_mask, window_partition,
@@ -21,7 +22,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     # runtime helpers
-    "budget", "environment_report", "is_quick", "pick_device", "seed_everything",
+    "budget", "environment_report", "is_quick", "pick_device", "seed_everything", "synchronize", "Timing",
+    "benchmark", "network_available",
     # chapter 1: patches
     "PatchEmbedding", "check_patch_grid", "patchify", "unpatchify",
     # chapter 2: positions
@@ -32,10 +34,11 @@ __all__ = [
     "MLP", "DropPath", "Encoder", "EncoderBlock", "block_num_params",
     # chapter 5: the model
     "NAMED_SIZES", "ViTConfig", "VisionTransformer", "config_from_torchvision", "convert_torchvision_state_dict",
-    "timm_kwargs", "torchvision_kwargs", "vit_config",
+    "timm_kwargs", "to_resolution", "torchvision_kwargs", "vit_config",
+    # chapter 6: data and training
+    "resize_images",
     # chapter 8: efficiency
-    "SavedTensorMemory", "TensorMemoryTracker", "Timing", "attention_matrix_bytes", "autocast_works", "benchmark",
-    "peak_memory", "resize_images", "to_resolution",
+    "SavedTensorMemory", "TensorMemoryTracker", "attention_matrix_bytes", "autocast_works", "peak_memory",
     # chapter 9: data efficiency
     "ResidualBlock", "SmallResNet", "DistilledVisionTransformer", "HardDistillationLoss", "hard_distillation_loss",
     # chapter 10: windows, pyramids, hybrids

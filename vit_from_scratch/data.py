@@ -24,10 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .checkpoints import atomic_write
+
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "ImageSet", "default_data_dir", "find_image_folder",
     "load_image_folder", "load_cifar10", "channel_stats", "Augment", "BatchLoader", "WorkerLoader",
-    "make_loader", "mixup_cutmix",
+    "make_loader", "mixup_cutmix", "resize_images",
 ]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -121,12 +123,11 @@ def load_image_folder(split_dir: str | os.PathLike, *, cache: bool = True) -> Im
         images[i] = image
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
     if cache:
-        tmp = cache_file.with_suffix(".tmp")
         try:
-            torch.save({"images": images, "labels": labels, "classes": list(classes)}, tmp)
-            os.replace(tmp, cache_file)
+            atomic_write(lambda tmp: torch.save({"images": images, "labels": labels, "classes": list(classes)},
+                                                tmp), cache_file)
         except OSError:  # a read-only data folder: no cache, no harm
-            tmp.unlink(missing_ok=True)
+            pass
     return ImageSet(images, labels, classes, str(split_dir))
 
 
@@ -362,3 +363,19 @@ def mixup_cutmix(images: Tensor, labels: Tensor, num_classes: int, *, mixup_alph
         mixed[..., y0:y1, x0:x1] = images[perm][..., y0:y1, x0:x1]
         lam = 1 - (y1 - y0) * (x1 - x0) / (H * W)  # the area actually kept
     return mixed, lam * targets + (1 - lam) * targets[perm]
+
+
+def resize_images(data: ImageSet, size: int, *, chunk: int = 4096) -> ImageSet:
+    """A copy of ``data`` with every image resized to ``size x size`` (antialiased bilinear, uint8).
+
+    Shape:
+        images (n, C, H, W) -> (n, C, size, size)
+    """
+    if size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
+    parts = []
+    for images in data.images.split(chunk):
+        x = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)  # (n, C, H, W) -> (n, C, size, size)
+        parts.append(x.round().clamp(0, 255).to(torch.uint8))
+    return ImageSet(torch.cat(parts), data.labels, data.classes, data.source + f" (resized to {size} px)")

@@ -2,22 +2,23 @@
 
 Letters: B batch, C channels, H/W image side, N tokens, D width, h heads.
 
-Timing and memory are measured, never assumed: :func:`benchmark` times a function (synchronising a GPU),
+Timing and memory are measured, never assumed: :func:`~vit_from_scratch.runtime.benchmark` (a shared
+helper, since chapters 3, 6 and 10 time things too) times a function, synchronising a GPU;
 :class:`SavedTensorMemory` adds up what autograd keeps for the backward pass (the activation memory that
 gradient checkpointing saves, Chen et al., 2016), :class:`TensorMemoryTracker` follows every tensor an
 operation creates and reports the peak of those alive at once (on a CPU, where there is no allocator
 statistic), and :func:`peak_memory` picks CUDA's allocator statistics or the tracker. Progressive resizing
-(Touvron et al., 2019; Tan & Le, 2021) needs :func:`resize_images` and :func:`to_resolution`.
+(Touvron et al., 2019; Tan & Le, 2021) is measured with :func:`~vit_from_scratch.data.resize_images` and
+:func:`~vit_from_scratch.model.to_resolution`, which chapter 6's trainer uses and which live with the data
+and the model.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,60 +27,9 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .data import ImageSet
-from .model import VisionTransformer
-from .positions import resize_pos_embed
 
-__all__ = ["Timing", "benchmark", "SavedTensorMemory", "TensorMemoryTracker", "peak_memory",
-           "attention_matrix_bytes", "autocast_works", "resize_images", "to_resolution"]
-
-
-# --------------------------------------------------------------------------- time
-
-
-@dataclass
-class Timing:
-    """Wall-clock seconds of repeated calls; ``median`` is the number to report, ``best`` the least noisy."""
-
-    seconds: list[float]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.seconds)
-
-    @property
-    def best(self) -> float:
-        return min(self.seconds)
-
-    def __str__(self) -> str:
-        return f"{1e3 * self.median:.1f} ms (median of {len(self.seconds)}, best {1e3 * self.best:.1f} ms)"
-
-
-def _sync(device: torch.device | str | None) -> None:
-    if device is not None and torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def benchmark(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1,
-              device: torch.device | str | None = None) -> Timing:
-    """Call ``fn`` ``warmup`` times untimed, then time ``repeats`` calls one by one.
-
-    The first calls pay for allocations, kernel selection and compilation, so they are left out. On a
-    GPU, work is queued asynchronously: pass ``device`` and the clock is read only after
-    ``torch.cuda.synchronize``.
-    """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    seconds = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        seconds.append(time.perf_counter() - t0)
-    return Timing(seconds)
+__all__ = ["SavedTensorMemory", "TensorMemoryTracker", "peak_memory",
+           "attention_matrix_bytes", "autocast_works"]
 
 
 # --------------------------------------------------------------------------- memory
@@ -203,45 +153,3 @@ def autocast_works(device_type: str, dtype: torch.dtype) -> bool:
         return y.dtype == dtype
     except (RuntimeError, AssertionError):
         return False
-
-
-# --------------------------------------------------------------------------- resolution
-
-
-def resize_images(data: ImageSet, size: int, *, chunk: int = 4096) -> ImageSet:
-    """A copy of ``data`` with every image resized to ``size x size`` (antialiased bilinear, uint8).
-
-    Shape:
-        images (n, C, H, W) -> (n, C, size, size)
-    """
-    if size < 1:
-        raise ValueError(f"size must be a positive number of pixels, got {size}")
-    parts = []
-    for images in data.images.split(chunk):
-        x = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True,
-                          align_corners=False)  # (n, C, H, W) -> (n, C, size, size)
-        parts.append(x.round().clamp(0, 255).to(torch.uint8))
-    return ImageSet(torch.cat(parts), data.labels, data.classes, data.source + f" (resized to {size} px)")
-
-
-def to_resolution(model: VisionTransformer, image_size: int, *, mode: str = "bicubic") -> VisionTransformer:
-    """A new :class:`VisionTransformer` for ``image_size`` pixels carrying ``model``'s weights.
-
-    Every weight is copied as it is, except the learned position embedding, which is interpolated to the
-    new patch grid with :func:`~vit_from_scratch.positions.resize_pos_embed` (a fixed sin-cos table is
-    rebuilt for the new grid). The patch size, and with it every other shape, is unchanged.
-    """
-    if not isinstance(model, VisionTransformer):
-        raise TypeError(f"expected a VisionTransformer, got {type(model).__name__}")
-    config = replace(model.config, image_size=image_size)  # checks that patch_size divides image_size
-    new = VisionTransformer(config).to(next(model.parameters()).device)
-    state = model.state_dict()
-    if model.config.pos_embed == "learned":
-        state["pos_embed"] = resize_pos_embed(state["pos_embed"], config.grid_size,
-                                              old_grid=model.config.grid_size,
-                                              num_prefix_tokens=model.num_prefix_tokens, mode=mode)
-    else:
-        state["pos_embed"] = new.pos_embed
-    new.load_state_dict(state)
-    new.set_grad_checkpointing(model.grad_checkpointing)
-    return new

@@ -19,10 +19,10 @@ from torch.utils.checkpoint import checkpoint
 
 from .encoder import Encoder, block_num_params
 from .patches import PatchEmbedding, check_patch_grid
-from .positions import learned_pos_embed, sincos_pos_embed_2d
+from .positions import learned_pos_embed, resize_pos_embed, sincos_pos_embed_2d
 
 __all__ = [
-    "ViTConfig", "VisionTransformer", "NAMED_SIZES", "vit_config",
+    "ViTConfig", "VisionTransformer", "NAMED_SIZES", "vit_config", "to_resolution",
     "timm_kwargs", "torchvision_kwargs", "config_from_torchvision", "convert_torchvision_state_dict",
 ]
 
@@ -569,3 +569,26 @@ def config_from_torchvision(source: nn.Module | Mapping[str, Tensor], *, num_hea
     if module is not None and num_heads is not None and num_heads != fields_["num_heads"]:
         raise ValueError(f"num_heads={num_heads} disagrees with the module's {fields_['num_heads']}")
     return ViTConfig(**fields_)
+
+
+def to_resolution(model: VisionTransformer, image_size: int, *, mode: str = "bicubic") -> VisionTransformer:
+    """A new :class:`VisionTransformer` for ``image_size`` pixels carrying ``model``'s weights.
+
+    Every weight is copied as it is, except the learned position embedding, which is interpolated to the
+    new patch grid with :func:`~vit_from_scratch.positions.resize_pos_embed` (a fixed sin-cos table is
+    rebuilt for the new grid). The patch size, and with it every other shape, is unchanged.
+    """
+    if not isinstance(model, VisionTransformer):
+        raise TypeError(f"expected a VisionTransformer, got {type(model).__name__}")
+    config = replace(model.config, image_size=image_size)  # checks that patch_size divides image_size
+    new = VisionTransformer(config).to(next(model.parameters()).device)
+    state = model.state_dict()
+    if model.config.pos_embed == "learned":
+        state["pos_embed"] = resize_pos_embed(state["pos_embed"], config.grid_size,
+                                              old_grid=model.config.grid_size,
+                                              num_prefix_tokens=model.num_prefix_tokens, mode=mode)
+    else:
+        state["pos_embed"] = new.pos_embed
+    new.load_state_dict(state)
+    new.set_grad_checkpointing(model.grad_checkpointing)
+    return new

@@ -1,15 +1,24 @@
-"""Runtime helpers shared by every chapter: device, seeding, the quick flag, an environment report."""
+"""Runtime helpers shared by every chapter: device, seeding, the quick flag, an environment report,
+device synchronisation, a timing loop and a network check that cannot hang."""
 
 from __future__ import annotations
 
 import os
 import platform
 import random
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["pick_device", "seed_everything", "is_quick", "budget", "environment_report"]
+__all__ = ["pick_device", "seed_everything", "is_quick", "budget", "environment_report", "synchronize",
+           "Timing", "benchmark", "network_available"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
@@ -76,3 +85,76 @@ def environment_report(device: torch.device | None = None) -> str:
     mode = "quick (VIT_QUICK=1)" if is_quick() else "full"
     return (f"device: {_device_name(device)} | torch {torch.__version__} | "
             f"python {platform.python_version()} | mode: {mode}")
+
+
+def synchronize(device: torch.device | str | None = None) -> None:
+    """Wait until the work queued on ``device`` (CUDA or MPS) is done; nothing to wait for on a CPU.
+
+    GPUs run kernels asynchronously: read a clock only after synchronising, or it measures the queueing.
+    """
+    if device is None:
+        return
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@dataclass
+class Timing:
+    """Wall-clock seconds of repeated calls; ``median`` is the number to report, ``best`` the least noisy."""
+
+    seconds: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def best(self) -> float:
+        return min(self.seconds)
+
+    def __str__(self) -> str:
+        return f"{1e3 * self.median:.1f} ms (median of {len(self.seconds)}, best {1e3 * self.best:.1f} ms)"
+
+
+def benchmark(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1,
+              device: torch.device | str | None = None) -> Timing:
+    """Call ``fn`` ``warmup`` times untimed, then time ``repeats`` calls one by one.
+
+    The first calls pay for allocations, kernel selection and compilation, so they are left out. On a
+    GPU, work is queued asynchronously: pass ``device`` and the clock is read only after
+    :func:`synchronize`.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    seconds = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        seconds.append(time.perf_counter() - t0)
+    return Timing(seconds)
+
+
+def network_available(host: str = "download.pytorch.org", port: int = 443, timeout: float = 3.0) -> bool:
+    """True when a TCP connection to ``host:port`` opens within ``timeout`` seconds.
+
+    The attempt runs in a daemon thread that is given up after ``timeout``: even a DNS lookup that
+    hangs (which ``socket``'s own timeout does not cover) cannot stall the caller.
+    """
+    opened = threading.Event()
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            opened.set()
+        except OSError:
+            pass
+
+    threading.Thread(target=probe, daemon=True).start()
+    return opened.wait(timeout)

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import ImageSet, channel_stats, load_cifar10, make_loader, mixup_cutmix
-from .efficiency import resize_images, to_resolution
-from .model import ViTConfig, VisionTransformer
+from .checkpoints import atomic_write
+from .data import ImageSet, channel_stats, load_cifar10, make_loader, mixup_cutmix, resize_images
+from .model import ViTConfig, VisionTransformer, to_resolution
 from .runtime import pick_device
 
 __all__ = [
@@ -227,16 +227,6 @@ class NonFiniteLossError(RuntimeError):
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _atomic_write(write, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)  # atomic on POSIX and Windows: readers see the old file or the new one
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -254,7 +244,7 @@ def _set_rng_state(state: dict) -> None:
 
 def save_checkpoint(path: str | os.PathLike, **state: Any) -> None:
     """``torch.save(state)`` to a temporary file beside ``path``, then an atomic rename."""
-    _atomic_write(lambda tmp: torch.save(state, tmp), Path(path))
+    atomic_write(lambda tmp: torch.save(state, tmp), Path(path))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
@@ -490,7 +480,7 @@ def fit(config: TrainConfig, *, train_set: ImageSet | None = None, test_set: Ima
                             loader=train_loader.state_dict(), rng=_rng_state(), epoch=epoch + 1, step=step,
                             history=history, config=config.to_dict(), mean=mean, std=std,
                             classes=list(train_set.classes))
-            _atomic_write(lambda tmp: tmp.write_text(json.dumps(
+            atomic_write(lambda tmp: tmp.write_text(json.dumps(
                 {"config": config.to_dict(), "classes": list(train_set.classes), "mean": mean, "std": std,
                  "history": history}, indent=1)), out / "history.json")
     return FitResult(model, history, checkpoint_path, config)
@@ -510,11 +500,11 @@ def export_weights(result_or_checkpoint, name: str, *, note: str, extra: dict | 
     directory = Path(directory)
     weights = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
                for k, v in state["model"].items()}
-    _atomic_write(lambda tmp: torch.save(weights, tmp), directory / f"{name}.pt")
+    atomic_write(lambda tmp: torch.save(weights, tmp), directory / f"{name}.pt")
     info = {"name": name, "model": state["config"]["model"], "train_config": state["config"],
             "classes": state["classes"], "mean": list(state["mean"]), "std": list(state["std"]),
             "history": state["history"], "note": note, "dtype": "float16" if half else "float32", **(extra or {})}
-    _atomic_write(lambda tmp: tmp.write_text(json.dumps(info, indent=1)), directory / f"{name}.json")
+    atomic_write(lambda tmp: tmp.write_text(json.dumps(info, indent=1)), directory / f"{name}.json")
     return directory / f"{name}.pt"
 
 

@@ -25,7 +25,8 @@ import time
 import torch
 
 from vit_from_scratch.data import load_cifar10
-from vit_from_scratch.efficiency import resize_images, to_resolution
+from vit_from_scratch.data import resize_images
+from vit_from_scratch.model import to_resolution
 from vit_from_scratch.runtime import environment_report
 from vit_from_scratch.training import fit, preset
 
