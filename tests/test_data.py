@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from vit_from_scratch.data import (Augment, BatchLoader, ImageSet, WorkerLoader, channel_stats, find_image_folder,
-                                   load_cifar10, load_image_folder, make_loader, mixup_cutmix)
+                                   load_cifar10, load_image_folder, make_loader, mixup_cutmix, normalize)
 
 
 def _write_tree(root, classes=("cat", "dog", "frog"), per_class=4, size=8, suffix=".png"):
@@ -164,3 +164,12 @@ def test_mixup_and_cutmix_targets_are_distributions():
         mixed, targets = mixup_cutmix(images, labels, 4, generator=torch.Generator().manual_seed(0), **kw)
         assert mixed.shape == images.shape and targets.shape == (8, 4)
         torch.testing.assert_close(targets.sum(1), torch.ones(8))
+
+
+def test_normalize_scales_uint8_and_standardises_each_channel():
+    images = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 3, 2, 2)
+    out = normalize(images, (0.5, 0.5, 0.0), (0.5, 0.25, 1.0))
+    assert out.dtype == torch.float32 and out.shape == (2, 3, 2, 2)
+    assert torch.allclose(out[0, :, 0, 0], torch.tensor([-1.0, -2.0, 0.0]))
+    assert torch.allclose(out[1, :, 0, 0], torch.tensor([1.0, 2.0, 1.0]))
+    assert torch.equal(normalize(images.float() / 255, (0.5,) * 3, (0.5,) * 3), normalize(images, (0.5,) * 3, (0.5,) * 3))

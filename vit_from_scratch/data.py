@@ -29,7 +29,7 @@ from .checkpoints import atomic_write
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "ImageSet", "default_data_dir", "find_image_folder",
     "load_image_folder", "load_cifar10", "channel_stats", "Augment", "BatchLoader", "WorkerLoader",
-    "make_loader", "mixup_cutmix", "resize_images",
+    "make_loader", "mixup_cutmix", "normalize", "resize_images",
 ]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -187,6 +187,20 @@ def channel_stats(images: Tensor, batch: int = 4096) -> tuple[tuple[float, ...],
 # --------------------------------------------------------------------------- augmentation in batches
 
 
+def normalize(images: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:
+    """Images -> the model's input: ``(x - mean) / std`` per channel, with ``x`` in [0, 1].
+
+    uint8 images (0..255) are scaled to [0, 1] first; float images are taken as already in [0, 1].
+
+    Shape:
+        (B, C, H, W) -> (B, C, H, W), float32
+    """
+    x = images.float().div(255) if images.dtype == torch.uint8 else images.float()
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
 class Augment:
     """Batched augmentation of uint8 images on their own device: random crop with zero padding and
     horizontal flip, drawn independently for every image, then normalisation to float.
@@ -221,8 +235,7 @@ class Augment:
 
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 (B, C, H, W) -> float32, standardised with the data set's mean and std."""
-        x = images.float().div_(255)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return normalize(images, self.mean, self.std)
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         if self.train:
