@@ -1,14 +1,18 @@
 """Data: image-folder and torchvision layouts, the missing-data error, batched augmentation, loaders."""
 
+import os
 import pickle
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from vit_from_scratch.data import (Augment, BatchLoader, ImageSet, WorkerLoader, channel_stats, find_image_folder,
-                                   load_cifar10, load_image_folder, make_loader, mixup_cutmix, normalize)
+from vit_from_scratch.data import (Augment, BatchLoader, ImageSet, WorkerLoader, channel_stats, check_classes,
+                                   default_data_dir, find_image_folder, load_cifar10, load_image_folder, make_loader,
+                                   mixup_cutmix, normalize)
 
 
 def _write_tree(root, classes=("cat", "dog", "frog"), per_class=4, size=8, suffix=".png"):
@@ -172,4 +176,175 @@ def test_normalize_scales_uint8_and_standardises_each_channel():
     assert out.dtype == torch.float32 and out.shape == (2, 3, 2, 2)
     assert torch.allclose(out[0, :, 0, 0], torch.tensor([-1.0, -2.0, 0.0]))
     assert torch.allclose(out[1, :, 0, 0], torch.tensor([1.0, 2.0, 1.0]))
-    assert torch.equal(normalize(images.float() / 255, (0.5,) * 3, (0.5,) * 3), normalize(images, (0.5,) * 3, (0.5,) * 3))
+    half = (0.5,) * 3
+    assert torch.equal(normalize(images.float() / 255, half, half), normalize(images, half, half))
+
+
+# --------------------------------------------------------------------------- issue 13: faults and bad input
+
+
+def test_test_split_with_other_class_folders_is_refused_naming_them(tmp_path):
+    root = _write_tree(tmp_path / "d")
+    (root / "test" / "dog").rename(root / "test" / "dgo")  # a renamed test class
+    with pytest.raises(ValueError, match="missing dog.*not in the training split: dgo") as info:
+        load_cifar10(root, download=False)
+    assert "rename" in str(info.value)
+    (root / "test" / "dgo").rename(root / "test" / "dog")
+    (root / "test" / "cow").mkdir()  # an extra test class
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "test" / "cow" / "0.png")
+    with pytest.raises(ValueError, match="not in the training split: cow"):
+        load_cifar10(root, download=False)
+
+
+def test_missing_test_class_no_longer_shifts_the_labels(tmp_path):
+    root = _write_tree(tmp_path / "d")
+    import shutil
+    shutil.rmtree(root / "test" / "cat")
+    with pytest.raises(ValueError, match="missing cat"):
+        load_image_folder(root / "test", classes=("cat", "dog", "frog"))
+
+
+def test_expected_class_list_sets_the_label_order_also_through_the_cache(tmp_path):
+    root = _write_tree(tmp_path / "d")
+    plain = load_image_folder(root / "test")
+    order = ("frog", "cat", "dog")
+    for _ in range(2):  # decoded, then from the cache written in the sorted order
+        ordered = load_image_folder(root / "test", classes=order)
+        assert ordered.classes == order
+        assert torch.equal(ordered.images, plain.images)  # the same images, in the same order
+        assert [order[i] for i in ordered.labels] == [plain.classes[i] for i in plain.labels]
+
+
+def test_check_classes_demands_the_same_names_in_the_same_order():
+    check_classes(("a", "b"), ("a", "b"), "the test set")
+    with pytest.raises(ValueError, match="the validation set .*missing b"):
+        check_classes(("a", "b"), ("a",), "the validation set")
+    with pytest.raises(ValueError, match="another order"):
+        check_classes(("a", "b"), ("b", "a"), "the test set")
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage"])
+def test_damaged_cache_is_reported_deleted_and_rebuilt(tmp_path, damage):
+    root = _write_tree(tmp_path / "d")
+    first = load_image_folder(root / "train")
+    (cache,) = root.glob(".decoded-train-*.pt")
+    data = cache.read_bytes()
+    cache.write_bytes({"empty": b"", "truncated": data[:len(data) // 2], "garbage": b"not a tensor" * 9}[damage])
+    with pytest.warns(UserWarning, match=f"{cache.name}.*deleted and rebuilt"):
+        again = load_image_folder(root / "train")
+    assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
+    assert cache.read_bytes() == data  # rebuilt: the same cache again
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_image_folder(root / "train")  # and read without complaint
+
+
+def test_cache_written_with_the_process_id_in_its_temporary_name(tmp_path, monkeypatch):
+    root = _write_tree(tmp_path / "d")
+    written = []
+    save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: (written.append(Path(f).name), save(obj, f, *a, **k)))
+    load_image_folder(root / "train")
+    assert len(written) == 1 and written[0].startswith(".") and written[0].endswith(f".tmp-{os.getpid()}")
+    assert not [p for p in root.iterdir() if ".tmp-" in p.name], "no temporary file is left behind"
+
+
+def test_truncated_image_error_names_the_file(tmp_path):
+    root = _write_tree(tmp_path / "d", suffix=".jpg")
+    bad = root / "train" / "dog" / "002.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])
+    with pytest.raises(OSError, match="002.jpg"):
+        load_image_folder(root / "train", cache=False)
+
+
+def test_hidden_files_and_folders_are_skipped(tmp_path):
+    root = _write_tree(tmp_path / "d", suffix=".jpg")
+    (root / "train" / "cat" / "._000.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    (root / "train" / ".ipynb_checkpoints").mkdir()
+    data = load_image_folder(root / "train", cache=False)
+    assert data.classes == ("cat", "dog", "frog") and len(data) == 12
+
+
+def test_empty_class_folder_is_an_error_naming_it(tmp_path):
+    root = _write_tree(tmp_path / "d")
+    (root / "train" / "emu").mkdir()
+    (root / "train" / "emu" / ".DS_Store").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match="emu.*hold no images"):
+        load_image_folder(root / "train")
+
+
+def test_missing_data_dir_is_not_created_without_network(tmp_path, monkeypatch):
+    import vit_from_scratch.data as data_module
+
+    typo = tmp_path / "dtaa" / "cifar"
+    monkeypatch.setenv("VIT_DATA_DIR", str(typo))
+    monkeypatch.setattr(data_module, "network_available", lambda *args, **kwargs: False)
+    assert default_data_dir() == typo and not typo.exists()
+    with pytest.raises(FileNotFoundError, match="does not exist.*VIT_DATA_DIR") as info:
+        load_cifar10()  # download=None: would try
+    assert "cannot be reached" in str(info.value)
+    assert not (tmp_path / "dtaa").exists()
+
+
+def test_failed_download_removes_the_folders_it_created(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar
+
+    import vit_from_scratch.data as data_module
+
+    def broken_download(url, download_root, *args, **kwargs):  # torchvision creates the folder first
+        os.makedirs(download_root, exist_ok=True)
+        raise ConnectionResetError("connection reset")
+
+    monkeypatch.setattr(data_module, "network_available", lambda *args, **kwargs: True)
+    monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", broken_download)
+    with pytest.raises(FileNotFoundError, match="connection reset"):
+        load_cifar10(tmp_path / "new" / "data", download=True)
+    assert not (tmp_path / "new").exists()
+
+
+def _epochs(loader, epochs):
+    return [[(x.clone(), y.clone()) for x, y in loader] for _ in range(epochs)]
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(torch.equal(x, u) and torch.equal(y, v) for (x, y), (u, v) in zip(a, b))
+
+
+def test_worker_loader_resumes_exactly_with_persistent_workers():
+    """Epoch k from a fresh loader given the state after epoch k-1 equals the uninterrupted epoch k."""
+    data = _toy(24)
+    common = dict(mean=(0.5,) * 3, std=(0.25,) * 3, device="cpu", policy="trivialaugment", seed=7)
+    straight = make_loader(data, 8, train=True, num_workers=2, **common)
+    assert isinstance(straight, WorkerLoader)
+    first = _epochs(straight, 1)[0]
+    state = pickle.loads(pickle.dumps(straight.state_dict()))
+    rest = _epochs(straight, 2)
+    resumed = make_loader(data, 8, train=True, num_workers=2, **common)
+    resumed.load_state_dict(state)
+    again = _epochs(resumed, 2)
+    assert _same(rest[0], again[0]) and _same(rest[1], again[1])
+    assert not _same(first, rest[0]), "every epoch draws new crops and policies"
+    inline = WorkerLoader(data, 8, Augment((0.5,) * 3, (0.25,) * 3, train=True, policy="trivialaugment"),
+                          shuffle=True, drop_last=True, num_workers=0)
+    inline.load_state_dict(state)  # the worker count does not change the batches
+    assert _same(_epochs(inline, 1)[0], rest[0])
+
+
+def test_worker_loader_leaves_the_global_random_stream_alone():
+    data = _toy(8)
+    loader = WorkerLoader(data, 4, Augment((0.5,) * 3, (0.25,) * 3, train=True, policy="trivialaugment"),
+                          shuffle=True, num_workers=0)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    _epochs(loader, 1)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_worker_loader_accepts_an_old_generator_state_with_a_warning():
+    data = _toy(8)
+    loader = WorkerLoader(data, 4, Augment((0.5,) * 3, (0.25,) * 3, train=True, policy="trivialaugment"),
+                          shuffle=True, num_workers=0)
+    with pytest.warns(UserWarning, match="predates exact resume"):
+        loader.load_state_dict({"generator": torch.Generator().manual_seed(1).get_state()})
+    assert len(_epochs(loader, 1)[0]) == 2

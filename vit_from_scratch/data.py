@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .checkpoints import atomic_write
+from .runtime import network_available
 
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "ImageSet", "default_data_dir", "find_image_folder",
-    "load_image_folder", "load_cifar10", "channel_stats", "Augment", "BatchLoader", "WorkerLoader",
+    "load_image_folder", "check_classes", "load_cifar10", "channel_stats", "Augment", "BatchLoader", "WorkerLoader",
     "make_loader", "mixup_cutmix", "normalize", "resize_images",
 ]
 
@@ -84,46 +86,136 @@ def find_image_folder(root: str | os.PathLike, names: Sequence[str] = ("cifar10-
 
 
 def _decode(path: Path) -> Tensor:
-    """One image file -> uint8 (3, H, W). Pillow decodes (torchvision's decoders are deprecated)."""
+    """One image file -> uint8 (3, H, W). Pillow decodes (torchvision's decoders are deprecated).
+
+    A damaged file raises :class:`OSError` naming the file (Pillow's own messages, such as
+    "Truncated File Read", do not).
+    """
     import numpy as np
     from PIL import Image
 
-    with Image.open(path) as image:
-        pixels = np.array(image.convert("RGB"))  # (H, W, 3), a writable copy
+    try:
+        with Image.open(path) as image:
+            pixels = np.array(image.convert("RGB"))  # (H, W, 3), a writable copy
+    except Exception as error:  # OSError, SyntaxError, DecompressionBombError...
+        raise OSError(f"could not decode the image {path} ({type(error).__name__}: {error}); the file is "
+                      "damaged or not an image: replace it (e.g. unpack the data set again) or delete it") from error
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
-def load_image_folder(split_dir: str | os.PathLike, *, cache: bool = True) -> ImageSet:
-    """Decode every image of ``split_dir/<class>/*`` into one uint8 tensor (all images the same size).
+def _describe_difference(expected: Sequence[str], found: Sequence[str]) -> str:
+    missing = [c for c in expected if c not in found]
+    extra = [c for c in found if c not in expected]
+    parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"not in the training split: "
+                                                                       f"{', '.join(extra)}"] if extra else [])
+    return "; ".join(parts) if parts else f"the same names in another order ({', '.join(found)})"
 
-    The decoded tensor is cached beside the tree (``.decoded-<hash>.pt``), keyed by the file list,
-    so the next run loads in a second instead of decoding again.
+
+def check_classes(expected: Sequence[str], found: Sequence[str], where: str) -> None:
+    """Raise :class:`ValueError` unless ``found`` is exactly the class list ``expected`` (same names, same order).
+
+    The class list is established once, from the training split; every other split (validation, test) is
+    checked against it, because label ``i`` must mean the same class everywhere.
     """
-    split_dir = Path(split_dir)
-    if not split_dir.is_dir():
-        raise FileNotFoundError(f"no folder {split_dir}: expected one sub-folder of images per class")
-    classes = tuple(sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    if tuple(expected) != tuple(found):
+        raise ValueError(f"{where} has other classes than the training split: {_describe_difference(expected, found)}. "
+                         f"Expected the classes ({', '.join(expected)}); rename, add or remove the class "
+                         "folders of that split so that they match the training split's")
+
+
+def _list_images(split_dir: Path, classes: Sequence[str] | None) -> tuple[tuple[str, ...], list[tuple[Path, int]]]:
+    """The class names (``classes`` if given, checked against the folders) and every (image file, label).
+
+    Hidden files and folders (``.*``, e.g. macOS's ``._name.jpg``) are skipped; an empty class folder is an error.
+    """
+    found = tuple(sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    if not found:
+        raise FileNotFoundError(f"no class folders in {split_dir}: expected one sub-folder of images per class, "
+                                f"{split_dir}/<class>/*.jpg")
+    if classes is not None:
+        classes = tuple(classes)
+        if set(classes) != set(found) or len(classes) != len(found):
+            raise ValueError(f"the class folders of {split_dir} differ from the training split's: "
+                             f"{_describe_difference(classes, found)}. Expected the folders "
+                             f"({', '.join(classes)}); rename, add or remove class folders so that every split "
+                             "has the same ones")
+    classes = classes if classes is not None else found
     files: list[tuple[Path, int]] = []
-    for label, name in enumerate(classes):
-        files += [(p, label) for p in sorted((split_dir / name).iterdir()) if p.suffix.lower() in _IMAGE_SUFFIXES]
-    if not files:
-        raise FileNotFoundError(f"no images found in {split_dir}/<class>/ (looked for {sorted(_IMAGE_SUFFIXES)})")
-    key = hashlib.sha1("\n".join(f"{p.relative_to(split_dir)}:{p.stat().st_size}" for p, _ in files).encode())
-    cache_file = split_dir.parent / f".decoded-{split_dir.name}-{key.hexdigest()[:12]}.pt"
-    if cache and cache_file.exists():
+    empty = []
+    for name in found:  # files in folder order whatever the class order, so a cache fits every order
+        images = [p for p in sorted((split_dir / name).iterdir())
+                  if not p.name.startswith(".") and p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file()]
+        files += [(p, classes.index(name)) for p in images]
+        empty += [] if images else [str(split_dir / name)]
+    if empty:
+        raise FileNotFoundError(f"the class folder(s) {', '.join(empty)} hold no images (looked for files ending "
+                                f"in {', '.join(sorted(_IMAGE_SUFFIXES))}): put the class's images there, or "
+                                "remove the folder from every split")
+    return classes, files
+
+
+def _read_cache(cache_file: Path, classes: tuple[str, ...], count: int) -> tuple[Tensor, Tensor] | None:
+    """(images, labels) from a decoded-data cache, labels in ``classes``' order; ``None`` if there is none.
+
+    A cache that cannot be read (empty, truncated, corrupt, or not matching the folder) is deleted with a
+    warning naming it, and ``None`` is returned so that it is rebuilt from the images.
+    """
+    if not cache_file.exists():
+        return None
+    try:
         saved = torch.load(cache_file, weights_only=True)
-        return ImageSet(saved["images"], saved["labels"], tuple(saved["classes"]), str(split_dir))
+        images, labels, saved_classes = saved["images"], saved["labels"], tuple(saved["classes"])
+        ImageSet(images, labels, saved_classes)  # checks dtypes and shapes
+        if len(labels) != count or sorted(saved_classes) != sorted(classes):
+            raise ValueError(f"it holds {len(labels)} images of classes {saved_classes}, the folder {count} "
+                             f"of {classes}")
+        relabel = torch.tensor([classes.index(c) for c in saved_classes], dtype=torch.int64)
+        return images, relabel[labels]
+    except Exception as error:  # EOFError, RuntimeError ("failed finding central directory"), KeyError...
+        warnings.warn(f"the decoded-data cache {cache_file} could not be used ({type(error).__name__}: "
+                      f"{str(error)[:200]}); it is deleted and rebuilt from the images", stacklevel=3)
+        try:
+            cache_file.unlink(missing_ok=True)
+        except OSError:
+            pass
+        return None
+
+
+def _decode_all(files: list[tuple[Path, int]]) -> tuple[Tensor, Tensor]:
     first = _decode(files[0][0])
     images = torch.empty((len(files), *first.shape), dtype=torch.uint8)
     for i, (path, _) in enumerate(files):
         image = first if i == 0 else _decode(path)
         if image.shape != first.shape:
-            raise ValueError(f"{path} is {tuple(image.shape)}, the first image was {tuple(first.shape)}: "
-                             "resize the data set to one size first (this loader keeps images in one tensor)")
+            raise ValueError(f"{path} is {tuple(image.shape)}, the first image ({files[0][0]}) was "
+                             f"{tuple(first.shape)}: resize the data set to one size first (this loader keeps "
+                             "images in one tensor)")
         images[i] = image
-    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    return images, torch.tensor([label for _, label in files], dtype=torch.int64)
+
+
+def load_image_folder(split_dir: str | os.PathLike, *, classes: Sequence[str] | None = None,
+                      cache: bool = True) -> ImageSet:
+    """Decode every image of ``split_dir/<class>/*`` into one uint8 tensor (all images the same size).
+
+    Args:
+        classes: the class list this split must have (e.g. the training split's ``classes``); labels follow
+            its order. ``None``: the sorted folder names (use that for the training split only).
+        cache: keep the decoded tensor beside the tree (``.decoded-<split>-<hash>.pt``), keyed by the file
+            list, so the next run loads in a second; a damaged cache is deleted and rebuilt.
+    """
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"no folder {split_dir}: expected one sub-folder of images per class")
+    classes, files = _list_images(split_dir, classes)
+    key = hashlib.sha1("\n".join(f"{p.relative_to(split_dir)}:{p.stat().st_size}" for p, _ in files).encode())
+    cache_file = split_dir.parent / f".decoded-{split_dir.name}-{key.hexdigest()[:12]}.pt"
+    cached = _read_cache(cache_file, classes, len(files)) if cache else None
+    if cached is not None:
+        return ImageSet(*cached, classes, str(split_dir))
+    images, labels = _decode_all(files)
     if cache:
-        try:
+        try:  # atomic: a temporary file named with the process id, renamed over the cache
             atomic_write(lambda tmp: torch.save({"images": images, "labels": labels, "classes": list(classes)},
                                                 tmp), cache_file)
         except OSError:  # a read-only data folder: no cache, no harm
@@ -140,26 +232,55 @@ def _load_torchvision_cifar10(root: Path, train: bool, download: bool) -> ImageS
                     f"{root}/cifar-10-batches-py")
 
 
+def _download_cifar10(root: Path) -> tuple[ImageSet, ImageSet]:
+    """Download with torchvision; the folder is created only when the server answers, and folders this
+    call created are removed again (when empty) if the download fails."""
+    from urllib.parse import urlparse
+
+    from torchvision.datasets import CIFAR10
+
+    created = [p for p in (root, *root.parents) if not p.exists()]  # deepest first
+    try:
+        host = urlparse(CIFAR10.url).hostname
+        if not network_available(host):
+            raise ConnectionError(f"{host} cannot be reached (no network?)")
+        train = _load_torchvision_cifar10(root, True, True)
+        return train, _load_torchvision_cifar10(root, False, True)
+    except BaseException:
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (a partial download is kept for the next try) or gone
+                break
+        raise
+
+
 def load_cifar10(root: str | os.PathLike | None = None, *, download: bool | None = None) -> tuple[ImageSet, ImageSet]:
     """(train, test) CIFAR-10 from ``root`` (default :func:`default_data_dir`).
 
-    Looks for an image-folder tree first, then torchvision's layout; downloads with torchvision only
-    when ``download`` is true (``None``: try, and explain if it fails).
+    Looks for an image-folder tree first (the test split must have the training split's classes), then
+    torchvision's layout; downloads with torchvision only when ``download`` is true (``None``: try, and
+    explain if it fails). No folder is created unless a download actually starts.
     """
     root = Path(root) if root is not None else default_data_dir()
     folder = find_image_folder(root)
     if folder is not None:
-        return load_image_folder(folder / "train"), load_image_folder(folder / "test")
+        train = load_image_folder(folder / "train")
+        return train, load_image_folder(folder / "test", classes=train.classes)
     if (root / "cifar-10-batches-py").is_dir():
-        return _load_torchvision_cifar10(root, True, False), _load_torchvision_cifar10(root, False, False)
+        train = _load_torchvision_cifar10(root, True, False)
+        test = _load_torchvision_cifar10(root, False, False)
+        check_classes(train.classes, test.classes, f"the test split of {root}/cifar-10-batches-py")
+        return train, test
     if download is not False:
         try:
-            root.mkdir(parents=True, exist_ok=True)
-            return _load_torchvision_cifar10(root, True, True), _load_torchvision_cifar10(root, False, True)
+            return _download_cifar10(root)
         except Exception as error:  # no network, a proxy, a read-only disk...
             reason = f"downloading failed ({type(error).__name__}: {error})"
     else:
         reason = "download=False"
+    if not root.exists():
+        reason += f"; the folder {root} does not exist (is VIT_DATA_DIR spelled right?)"
     raise FileNotFoundError(
         f"CIFAR-10 was not found in {root} and {reason}. Either\n"
         f"  1. put an image-folder tree there: {root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg "
@@ -291,6 +412,33 @@ class BatchLoader:
         self.generator.set_state(state["generator"])
 
 
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """One 63-bit seed from (run seed, epoch), with no collisions between e.g. (1, 0) and (0, 1)."""
+    digest = hashlib.sha256(f"vit_from_scratch:{seed}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class _EpochSampler(torch.utils.data.Sampler):
+    """Yields ``(index, image seed)`` pairs for one epoch, all drawn from (run seed, epoch) alone.
+
+    It runs in the main process, so the seeds reach the workers with the indices: the augmentation of an
+    image depends on neither which worker draws it nor how long that worker has lived.
+    """
+
+    def __init__(self, n: int, shuffle: bool) -> None:
+        self.n, self.shuffle = n, shuffle
+        self.seed, self.epoch = 0, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
+        order = torch.randperm(self.n, generator=generator) if self.shuffle else torch.arange(self.n)
+        seeds = torch.randint(0, 2**62, (self.n,), generator=generator)
+        return iter(zip(order.tolist(), seeds.tolist()))
+
+
 class _PolicyDataset(torch.utils.data.Dataset):
     def __init__(self, data: ImageSet, augment: Augment) -> None:
         self.data, self.augment = data, augment
@@ -298,39 +446,61 @@ class _PolicyDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        image = self.augment.geometric(self.data.images[i:i + 1])[0]
-        if self.augment.policy is not None:
-            image = self.augment.policy(image)
+    def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        i, seed = item
+        # The policies draw from torch's global generator: seed it per image, and leave the caller's
+        # stream untouched (with num_workers=0 this runs in the main process).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            image = self.augment.geometric(self.data.images[i:i + 1])[0]
+            if self.augment.policy is not None:
+                image = self.augment.policy(image)
         return image, self.data.labels[i]
 
 
 class WorkerLoader:
     """A DataLoader over an in-memory :class:`ImageSet` for per-image policies: worker processes crop,
-    flip and apply the policy to uint8 images; normalisation happens batched in the main process."""
+    flip and apply the policy to uint8 images; normalisation happens batched in the main process.
+
+    Resumable exactly: the order and every image's random draws come from (``seed``, epoch), never from
+    a worker's running random state, so ``state_dict()`` is just the seed and the number of epochs begun,
+    and the batches do not depend on ``num_workers``.
+    """
 
     def __init__(self, data: ImageSet, batch_size: int, augment: Augment, *, shuffle: bool,
                  drop_last: bool = False, seed: int = 0, num_workers: int | None = None) -> None:
         if num_workers is None:
             num_workers = max(1, min(4, (os.cpu_count() or 2) - 1))
-        self.augment = augment
-        self.generator = torch.Generator().manual_seed(seed)
+        self.augment, self.seed, self.epoch = augment, seed, 0
+        self.sampler = _EpochSampler(len(data), shuffle)
+        # The loader's own generator only feeds torch's (unused) worker base seed, not the global stream.
         self.loader = torch.utils.data.DataLoader(
-            _PolicyDataset(data, augment), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-            num_workers=num_workers, generator=self.generator, persistent_workers=num_workers > 0)
+            _PolicyDataset(data, augment), batch_size=batch_size, sampler=self.sampler, drop_last=drop_last,
+            num_workers=num_workers, generator=torch.Generator().manual_seed(seed),
+            persistent_workers=num_workers > 0)
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for images, labels in self.loader:
-            yield self.augment.normalize(images), labels
+        self.sampler.seed, self.sampler.epoch = self.seed, self.epoch
+        self.epoch += 1  # counted when the epoch begins, so a partly read epoch is not repeated
+        batches = iter(self.loader)  # the sampler's order and seeds are drawn now
+        return ((self.augment.normalize(images), labels) for images, labels in batches)
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        return {"seed": self.seed, "epoch": self.epoch}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        if "epoch" not in state:  # a checkpoint from before exact resume: a generator's state only
+            warnings.warn("this loader state predates exact resume with worker processes: the epochs from here "
+                          "on draw new crops, flips and policies (the run stays valid, not bit-identical)",
+                          stacklevel=2)
+            generator = torch.Generator()
+            generator.set_state(state["generator"])
+            self.seed, self.epoch = int(torch.randint(0, 2**62, (), generator=generator)), 0
+            return
+        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
 
 
 def make_loader(data: ImageSet, batch_size: int, *, train: bool, mean: Sequence[float], std: Sequence[float],
