@@ -1,24 +1,18 @@
-"""Unit tests for vit_from_scratch.attention_maps (Chapter 7)."""
+"""Unit tests for vit_from_scratch.attention_maps (Chapter 7): the computation. The pictures are
+tested in test_attention_plots.py."""
 
 import importlib
+import subprocess
+import sys
 
-import matplotlib
+import pytest
+import torch
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from vit_from_scratch.attention_maps import (AttentionRecorder, TokenLayout, attention_explorer,  # noqa: E402
-                                             attention_rollout, attention_view, collect_attention,
-                                             fuse_heads, mean_attention_distance, patch_distances,
-                                             patch_embedding_components, plot_gallery, plot_mean_distance,
-                                             pooled_attention, rank_heads, show_filter_components,
-                                             show_position_similarity, show_view, to_grid,
-                                             uniform_attention_distance)
-from vit_from_scratch.model import VisionTransformer  # noqa: E402
-from vit_from_scratch.positions import position_similarity  # noqa: E402
+from vit_from_scratch.attention_maps import (AttentionRecorder, TokenLayout, attention_rollout, attention_view,
+                                             collect_attention, fuse_heads, mean_attention_distance,
+                                             patch_distances, patch_embedding_components, pooled_attention,
+                                             rank_heads, to_grid, uniform_attention_distance)
+from vit_from_scratch.model import VisionTransformer
 
 # the module, not the function `attention` that the package re-exports under the same name
 attention_module = importlib.import_module("vit_from_scratch.attention")
@@ -39,10 +33,13 @@ def images(batch=3):
     return torch.rand(batch, 3, TINY["image_size"], TINY["image_size"], generator=torch.Generator().manual_seed(1))
 
 
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
+def test_computing_maps_does_not_import_matplotlib():
+    # a fresh interpreter: this test process may have imported matplotlib already
+    code = ("import sys, vit_from_scratch.attention_maps\n"
+            "drawing = sorted(m for m in ('matplotlib', 'ipywidgets') if m in sys.modules)\n"
+            "assert not drawing, f'importing vit_from_scratch.attention_maps imported {drawing}'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 # --- collecting -------------------------------------------------------------------------------
@@ -314,32 +311,6 @@ def test_attention_view_checks_its_arguments():
         attention_view(weights[0], layout, layer=TINY["depth"] + 1)
     with pytest.raises(ValueError, match="head must be"):
         attention_view(weights[0], layout, layer=1, head=TINY["num_heads"])
-
-
-# --- figures ----------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("pool", ["cls", "mean"])
-def test_every_figure_draws_for_class_token_and_mean_pooling_models(pool):
-    model = tiny_model(pool)
-    layout = TokenLayout.of(model)
-    x = images(3)
-    _, weights = collect_attention(model, x)
-    titles = ["a", "b", "c"]
-    fig = plot_gallery(x, weights, layout, titles, num_heads=2)
-    assert layout.map_label in fig._suptitle.get_text() and len(fig.axes) == 3 * (1 + TINY["depth"] + 2)
-    fig = plot_gallery(x, weights, layout, titles, rows=[2], num_heads=1, by="focused")
-    assert len(fig.axes) == 1 + TINY["depth"] + 1
-    _, axes = plt.subplots(1, 4)
-    for ax, (method, head) in zip(axes, [("attention", 0), ("attention", "max"), ("rollout", "mean"),
-                                         ("rollout", "min")]):
-        show_view(x[0], weights[0], layout, layer=2, head=head, method=method, ax=ax)
-    plot_mean_distance(mean_attention_distance(weights, layout).mean(0), layout, ax=plt.figure().gca())
-    sim = position_similarity(model.pos_embed, layout.grid_size, num_prefix_tokens=layout.num_prefix_tokens)
-    show_position_similarity(sim, ax=plt.figure().gca(), title="positions")
-    comps, explained = patch_embedding_components(model.patch_embed.proj.weight, k=10)
-    show_filter_components(comps, explained, ncols=5)
-    explorer = attention_explorer(x, weights, layout, titles)
-    assert explorer.children
 
 
 def test_layout_of_a_mean_pooling_model_with_a_class_token_skips_the_class_token():

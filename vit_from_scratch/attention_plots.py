@@ -1,0 +1,242 @@
+"""Chapter 7, the pictures: attention maps over images, the gallery, Figure 7, the explorer.
+
+Everything here draws what :mod:`vit_from_scratch.attention_maps` computes (that module never
+imports matplotlib). Letters as there: B batch, L layers, H heads, S tokens, N = h*w patches,
+C channels, K components.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import matplotlib.pyplot as plt
+import numpy as np
+from torch import Tensor
+
+from .attention_maps import (FUSIONS, METHODS, Fusion, TokenLayout, attention_rollout, attention_view,
+                             pooled_attention, rank_heads, to_grid, uniform_attention_distance,
+                             upsample_maps)
+from .plotting import show_image, to_numpy_image
+
+__all__ = [
+    "show_attention", "show_view", "plot_gallery", "plot_mean_distance", "show_position_similarity",
+    "show_filter_components", "attention_explorer",
+]
+
+
+def _check_batch(images: Tensor, weights: Tensor, titles: list[str]) -> None:
+    """One image, one set of weights and one title per row of the batch."""
+    if images.shape[0] != weights.shape[0] or len(titles) != weights.shape[0]:
+        raise ValueError(f"got {images.shape[0]} images, {weights.shape[0]} sets of weights and "
+                         f"{len(titles)} titles; they must match")
+
+
+def show_attention(image: Tensor, grid_map: Tensor, ax: plt.Axes | None = None, title: str | None = None,
+                   *, alpha: float = 0.6, cmap: str = "inferno") -> plt.Axes:
+    """Overlay one patch-grid map, upsampled and scaled to [0, 1], on its image.
+
+    Shape:
+        image (C, H, W) in [0, 1], grid_map (h, w)
+    """
+    ax = show_image(image, ax, title)
+    H, W = to_numpy_image(image).shape[:2]
+    up = upsample_maps(grid_map.detach().cpu(), (H, W))  # (h, w) -> (H, W)
+    up = (up - up.min()) / (up.max() - up.min()).clamp_min(1e-12)
+    ax.imshow(up.numpy(), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+    if title:
+        ax.set_title(title, fontsize=8)
+    return ax
+
+
+def _view_title(layer: int, head: int | str, method: str) -> str:
+    if method == "rollout":
+        return f"rollout to layer {layer} ({head} of heads)"
+    return f"layer {layer}, " + (f"head {head}" if isinstance(head, int) else f"{head} of heads")
+
+
+def show_view(image: Tensor, weights: Tensor, layout: TokenLayout, *, layer: int, head: int | Fusion = "mean",
+              method: Literal["attention", "rollout"] = "attention", ax: plt.Axes | None = None,
+              title: str | None = None) -> plt.Axes:
+    """Draw :func:`attention_view` over the image; the explorer widget draws with this too.
+
+    Shape:
+        image (C, H, W), weights (L, H, S, S)
+    """
+    grid = attention_view(weights, layout, layer=layer, head=head, method=method)
+    layer_shown = layer if layer > 0 else weights.shape[0] + 1 + layer
+    return show_attention(image, grid, ax, title if title is not None else _view_title(layer_shown, head, method))
+
+
+def plot_gallery(images: Tensor, weights: Tensor, layout: TokenLayout, titles: list[str], *,
+                 rows: list[int] | None = None, num_heads: int = 3, head_fusion: Fusion = "mean",
+                 by: Literal["specific", "focused"] = "specific") -> plt.Figure:
+    """One row per image: the image, the rollout through each layer, and its most telling heads.
+
+    Heads are ranked by :func:`rank_heads` against the whole batch given; ``rows`` picks the images to
+    draw (default: all), so a large batch gives a fair reference and a few rows a readable figure.
+
+    Shape:
+        images (B, C, H, W) in [0, 1], weights (B, L, H, S, S)
+    """
+    B, L, H = weights.shape[:3]
+    _check_batch(images, weights, titles)
+    rows = list(range(B)) if rows is None else list(rows)
+    maps = pooled_attention(weights, layout)  # (B, L, H, N)
+    scores = rank_heads(maps, by=by).flatten(1)  # (B, L*H)
+    top = scores[rows].topk(min(num_heads, L * H), dim=1).indices  # (R, k)
+    roll = to_grid(pooled_attention(attention_rollout(weights[rows], head_fusion=head_fusion), layout),
+                   layout)  # (R, L, h, w)
+    cols = 1 + L + top.shape[1]
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.45 * cols, 1.6 * len(rows) + 0.4), squeeze=False)
+    for r, b in enumerate(rows):
+        show_image(images[b], axes[r, 0], titles[b])
+        axes[r, 0].title.set_fontsize(8)
+        for layer in range(L):
+            show_attention(images[b], roll[r, layer], axes[r, 1 + layer],
+                           f"rollout ≤ {layer + 1}" if r == 0 else None)
+        for j, flat in enumerate(top[r].tolist()):
+            layer, head = divmod(flat, H)
+            show_attention(images[b], to_grid(maps[b, layer, head], layout), axes[r, 1 + L + j],
+                           f"layer {layer + 1} head {head}")
+    what = {"specific": "most image-specific", "focused": "most focused"}[by]
+    fig.suptitle(f"{layout.map_label}: rollout ({head_fusion} of heads) through layers 1..{L}, "
+                 f"then the {top.shape[1]} {what} heads", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_mean_distance(distance: Tensor, layout: TokenLayout | None = None, ax: plt.Axes | None = None,
+                       title: str | None = None) -> plt.Axes:
+    """The ViT paper's Figure 7 (right): one dot per head, network depth on the x axis.
+
+    With a ``layout``, a dashed line marks the distance of uniform attention over all patches.
+
+    Shape:
+        distance (L, H), in pixels
+    """
+    ax = ax if ax is not None else plt.gca()
+    L, H = distance.shape
+    d = distance.detach().cpu().float().numpy()
+    colors = plt.get_cmap("tab20")(np.arange(H) % 20)
+    for head in range(H):
+        ax.scatter(np.arange(1, L + 1), d[:, head], s=18, color=colors[head],
+                   label=f"head {head}" if H <= 16 else None)
+    ax.plot(np.arange(1, L + 1), d.mean(axis=1), color="black", lw=1, label="mean of heads")
+    if layout is not None:
+        ax.axhline(uniform_attention_distance(layout), color="gray", ls="--", lw=1, label="uniform attention")
+        ax.set_ylim(0, max(float(d.max()), uniform_attention_distance(layout)) * 1.1)
+    ax.set_xlabel("network depth (layer)")
+    ax.set_ylabel("mean attention distance (pixels)")
+    ax.set_xticks(np.arange(1, L + 1))
+    ax.set_title(title or "mean attention distance")
+    ax.legend(fontsize=6, ncol=2, loc="best")
+    return ax
+
+
+def show_position_similarity(similarity: Tensor, ax: plt.Axes | None = None, title: str | None = None,
+                             *, cmap: str = "viridis") -> plt.Axes:
+    """All ``h*w`` similarity maps in one picture: tile ``(i, j)`` is position ``(i, j)``'s map.
+
+    The layout of the ViT paper's Figure 7 (centre), drawn as one image with thin gaps.
+
+    Shape:
+        similarity (h, w, h, w), e.g. from :func:`vit_from_scratch.positions.position_similarity`
+    """
+    ax = ax if ax is not None else plt.gca()
+    h, w, h2, w2 = similarity.shape
+    canvas = np.full((h * (h2 + 1) - 1, w * (w2 + 1) - 1), np.nan)
+    sim = similarity.detach().cpu().float().numpy()
+    for i in range(h):
+        for j in range(w):
+            canvas[i * (h2 + 1):i * (h2 + 1) + h2, j * (w2 + 1):j * (w2 + 1) + w2] = sim[i, j]
+    image = ax.imshow(np.ma.masked_invalid(canvas), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_xticks([(w2 + 1) * j + (w2 - 1) / 2 for j in range(w)], [str(j + 1) for j in range(w)], fontsize=6)
+    ax.set_yticks([(h2 + 1) * i + (h2 - 1) / 2 for i in range(h)], [str(i + 1) for i in range(h)], fontsize=6)
+    ax.set_xlabel("input patch column")
+    ax.set_ylabel("input patch row")
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        ax.set_title(title)
+    plt.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity")
+    return ax
+
+
+def show_filter_components(components: Tensor, explained: Tensor | None = None, *, ncols: int = 7,
+                           fig: plt.Figure | None = None, title: str | None = None) -> plt.Figure:
+    """Draw principal components of the patch filters as small images, each scaled to [0, 1].
+
+    Shape:
+        components (K, C, P, P), explained (K,)
+    """
+    K = components.shape[0]
+    rows = math.ceil(K / ncols)
+    fig = fig if fig is not None else plt.figure(figsize=(1.1 * ncols, 1.25 * rows + 0.3))
+    axes = fig.subplots(rows, ncols, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= K:
+            ax.axis("off")
+            continue
+        c = components[k].detach().cpu().float()
+        c = (c - c.min()) / (c.max() - c.min()).clamp_min(1e-12)
+        ax.imshow(to_numpy_image(c), interpolation="nearest", cmap="gray" if c.shape[0] == 1 else None)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        label = f"{k + 1}" + (f": {100 * explained[k].item():.1f}%" if explained is not None else "")
+        ax.set_title(label, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def attention_explorer(images: Tensor, weights: Tensor, layout: TokenLayout, titles: list[str]):
+    """An ipywidgets explorer: pick the image, layer, head and method; the view is :func:`show_view`.
+
+    Needs ``ipywidgets`` and a live kernel (Colab, Jupyter). Rollout fuses the heads, so with
+    ``method="rollout"`` only the fusions are offered.
+
+    Shape:
+        images (B, C, H, W) in [0, 1], weights (B, L, H, S, S)
+    """
+    try:
+        import ipywidgets as widgets
+    except ImportError as err:  # pragma: no cover - ipywidgets is in requirements.txt
+        raise ImportError("the explorer needs ipywidgets: pip install ipywidgets") from err
+    L, H = weights.shape[1:3]
+    _check_batch(images, weights, titles)
+    fusions = [(f"{f} of heads", f) for f in FUSIONS]
+    image_w = widgets.Dropdown(options=[(t, b) for b, t in enumerate(titles)], value=0, description="image")
+    layer_w = widgets.IntSlider(value=L, min=1, max=L, description="layer")
+    method_w = widgets.ToggleButtons(options=list(METHODS), value="attention", description="method")
+    head_w = widgets.Dropdown(options=fusions + [(f"head {h}", h) for h in range(H)], value="mean",
+                              description="head")
+    out = widgets.Output()
+
+    def redraw(_=None) -> None:
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(1, 2, figsize=(6, 3.2))
+            b = image_w.value
+            show_image(images[b], ax[0], titles[b])
+            show_view(images[b], weights[b], layout, layer=layer_w.value, head=head_w.value,
+                      method=method_w.value, ax=ax[1])
+            fig.suptitle(layout.map_label, fontsize=9)
+            plt.show()
+
+    def method_changed(change) -> None:
+        if change["new"] == "rollout":
+            keep = head_w.value if head_w.value in FUSIONS else "mean"
+            head_w.options, head_w.value = fusions, keep
+        else:
+            keep = head_w.value
+            head_w.options = fusions + [(f"head {h}", h) for h in range(H)]
+            head_w.value = keep
+        redraw()
+
+    method_w.observe(method_changed, names="value")
+    for w in (image_w, layer_w, head_w):
+        w.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([image_w, head_w]), widgets.HBox([layer_w, method_w]), out])
