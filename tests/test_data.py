@@ -324,9 +324,9 @@ def test_worker_loader_resumes_exactly_with_persistent_workers():
     again = _epochs(resumed, 2)
     assert _same(rest[0], again[0]) and _same(rest[1], again[1])
     assert not _same(first, rest[0]), "every epoch draws new crops and policies"
-    inline = WorkerLoader(data, 8, Augment((0.5,) * 3, (0.25,) * 3, train=True, policy="trivialaugment"),
-                          shuffle=True, drop_last=True, num_workers=0)
-    inline.load_state_dict(state)  # the worker count does not change the batches
+    inline = make_loader(data, 8, train=True, num_workers=0, **common)  # in this process
+    assert isinstance(inline, WorkerLoader)
+    inline.load_state_dict(state)  # the worker count does not change the batches: it may change on resume
     assert _same(_epochs(inline, 1)[0], rest[0])
 
 
@@ -347,4 +347,11 @@ def test_worker_loader_accepts_an_old_generator_state_with_a_warning():
                           shuffle=True, num_workers=0)
     with pytest.warns(UserWarning, match="predates exact resume"):
         loader.load_state_dict({"generator": torch.Generator().manual_seed(1).get_state()})
+    assert len(_epochs(loader, 1)[0]) == 2
+
+
+def test_batch_loader_accepts_a_worker_loader_state_with_a_warning():
+    loader = BatchLoader(_toy(8), 4, Augment((0.5,) * 3, (0.25,) * 3, train=True), shuffle=True)
+    with pytest.warns(UserWarning, match="written by a WorkerLoader"):
+        loader.load_state_dict({"seed": 3, "epoch": 2})
     assert len(_epochs(loader, 1)[0]) == 2

@@ -409,6 +409,12 @@ class BatchLoader:
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
+        if "generator" not in state:  # a WorkerLoader's state: the run moved between CPU and GPU
+            warnings.warn("this loader state was written by a WorkerLoader (a per-image policy on a CPU): the "
+                          "epochs from here on draw new orders and crops (the run stays valid, not bit-identical)",
+                          stacklevel=2)
+            self.generator.manual_seed(_epoch_seed(int(state["seed"]), int(state["epoch"])))
+            return
         self.generator.set_state(state["generator"])
 
 
@@ -510,11 +516,12 @@ def make_loader(data: ImageSet, batch_size: int, *, train: bool, mean: Sequence[
 
     * test, or no per-image policy, or a GPU: :class:`BatchLoader` (data on ``device``, batched
       augmentation there; a per-image policy then runs on the device too);
-    * training with a per-image policy on a CPU: :class:`WorkerLoader` (worker processes).
+    * training with a per-image policy on a CPU: :class:`WorkerLoader` (worker processes; with
+      ``num_workers=0`` in this process, drawing the same batches, so a run may resume with another count).
     """
     augment = Augment(mean, std, train=train, padding=padding, flip=flip, policy=policy)
     device = torch.device(device)
-    if train and augment.policy is not None and device.type == "cpu" and num_workers != 0:
+    if train and augment.policy is not None and device.type == "cpu":
         return WorkerLoader(data, batch_size, augment, shuffle=True, drop_last=True, seed=seed,
                             num_workers=num_workers)
     return BatchLoader(data, batch_size, augment, shuffle=train, drop_last=train, seed=seed, device=device)
