@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from vit_from_scratch import train as cli
+from vit_from_scratch import cli
 from vit_from_scratch.data import ImageSet, default_data_dir, find_image_folder, load_image_folder, make_loader
 from vit_from_scratch.model import VisionTransformer
 from vit_from_scratch.training import (NonFiniteLossError, TrainConfig, build_optimizer, evaluate, export_weights,
@@ -107,7 +107,7 @@ def test_resume_refuses_another_configuration(tmp_path):
     with pytest.raises(ValueError) as info:
         fit(other, train_set=TRAIN, test_set=TEST, out_dir=tmp_path, device="cpu", progress=False, log=None,
             resume=True)
-    assert "another configuration" in str(info.value) and "lr:" in str(info.value) and "'dim': 64" in str(info.value)
+    assert "another configuration" in str(info.value) and "lr:" in str(info.value) and "model.dim: checkpoint 32, now 64" in str(info.value)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -156,7 +156,7 @@ def test_config_errors_and_presets():
     with pytest.raises(ValueError, match="low_res_epochs=0"):  # the chapter's preset starts with 10 epochs at 16 px
         preset("cifar10-cpu", epochs=3)
     config = preset("cifar10-cpu", epochs=3, low_res_epochs=0, model={"depth": 2})
-    assert config.epochs == 3 and config.model["depth"] == 2 and config.model["dim"] == preset("cifar10-cpu").model["dim"]
+    assert config.epochs == 3 and config.model.depth == 2 and config.model.dim == preset("cifar10-cpu").model.dim
 
 
 def test_export_and_load_trained_model_round_trip(tmp_path):

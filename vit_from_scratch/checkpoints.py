@@ -2,21 +2,67 @@
 
 A file is written to a temporary name beside its destination and renamed over it in one step, so a
 reader (or a resumed run) sees the old file or the new one, never half of one.
+
+Checkpoints hold only tensors and plain data (numbers, strings, lists, tuples, dicts) and are read
+with ``torch.load(..., weights_only=True)``: unpickling anything else can run arbitrary code, so a
+planted or downloaded ``last.pt`` is refused instead of executed.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import pickle
+import random
+import re
+import shutil
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write"]
+import numpy as np
+import torch
+
+from .model import ViTConfig, VisionTransformer
+from .runtime import pick_device
+
+__all__ = [
+    "WEIGHTS_DIR", "CheckpointError", "atomic_write", "check_writable", "check_room", "remove_stale_temporaries",
+    "rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint", "check_export_name", "export_weights",
+    "load_trained_model",
+]
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or weights file that cannot be read safely: corrupt, truncated, or not plain data."""
+
+
+# --------------------------------------------------------------------------- writing files safely
+
+
+def _no_space(error: BaseException) -> bool:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    # torch.save reports a failed write as a RuntimeError from its zip writer, without an errno
+    return isinstance(error, RuntimeError) and ("write failed" in str(error) or "unexpected pos" in str(error))
+
+
+def _free_mib(folder: Path) -> float:
+    try:
+        return shutil.disk_usage(folder).free / 2**20
+    except OSError:
+        return float("nan")
 
 
 def atomic_write(write: Callable[[Path], object], path: str | os.PathLike) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path`` atomically.
 
     The temporary name carries the process id, so two processes never write the same temporary file.
+    A write that fails (a full disk, an interruption) leaves the previous ``path`` as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,5 +70,181 @@ def atomic_write(write: Callable[[Path], object], path: str | os.PathLike) -> No
     try:
         write(tmp)
         os.replace(tmp, path)  # atomic on POSIX and Windows: readers see the old file or the new one
+    except (OSError, RuntimeError) as error:
+        if not _no_space(error):
+            raise
+        kept = "the previous file is kept" if path.exists() else "nothing was written"
+        raise OSError(errno.ENOSPC, f"no space left on the device to write {path} "
+                                    f"({_free_mib(path.parent):.0f} MiB free); {kept}; free some space and "
+                                    "try again") from error
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: tuple[str, ...]) -> list[Path]:
+    """Delete the temporary files :func:`atomic_write` leaves for ``names`` in ``folder`` when a process
+    dies mid-write (``.last.pt.tmp-<pid>``); returns what was removed."""
+    folder = Path(folder)
+    stale = [p for name in names for p in folder.glob(f".{name}.tmp-*") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def check_writable(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and write and remove a probe file in it, so that a folder that cannot
+    hold checkpoints is found before training starts, not after an epoch."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a folder; choose another output folder (--out)")
+    probe = folder / f".write-probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except OSError as error:
+        reason = "no space left on the device" if error.errno == errno.ENOSPC else error.strerror or str(error)
+        raise OSError(error.errno, f"cannot write into {folder} ({reason}); choose another output "
+                                   "folder (--out) or fix its permissions") from error
+    return folder
+
+
+def check_room(folder: str | os.PathLike, nbytes: int) -> None:
+    """Refuse to start when ``folder``'s disk has less than ``nbytes`` free (one checkpoint's size)."""
+    free = shutil.disk_usage(folder).free
+    if free < nbytes:
+        raise OSError(errno.ENOSPC, f"no space left for checkpoints in {folder}: {free / 2**20:.1f} MiB free, "
+                                    f"a checkpoint needs about {nbytes / 2**20:.1f} MiB; free some space or "
+                                    "choose another output folder (--out)")
+
+
+# --------------------------------------------------------------------------- random-number states as plain data
+
+
+def rng_state() -> dict:
+    """Python's, NumPy's and torch's generator states as tensors and lists (safe to load)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss],
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: str | os.PathLike, **state: Any) -> None:
+    """``torch.save(state)`` to a temporary file beside ``path``, then an atomic rename. ``state`` must be
+    tensors and plain data, or :func:`load_checkpoint` refuses it."""
+    atomic_write(lambda tmp: torch.save(state, tmp), Path(path))
+
+
+def _safe_load(path: Path, map_location: Any, fix: str) -> Any:
+    """``torch.load`` with ``weights_only=True``, every failure turned into one error naming ``path``."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only" in str(error).lower() or "weights_only" in str(error):
+            raise CheckpointError(
+                f"refusing to load {path}: it holds Python objects other than tensors and plain data, and "
+                "unpickling them could run arbitrary code (a file from someone else, or from an older "
+                f"version of this package); use only files your own runs wrote; {fix}") from error
+        raise CheckpointError(f"{path} is corrupted ({error}); {fix}") from error
+    except (EOFError, RuntimeError, IndexError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path} is empty, truncated or corrupted ({type(error).__name__}: {first}); "
+                              f"{fix}") from error
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`, safely (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    fix = "resume from another run's last.pt (--resume with another --out), or start this run again (--overwrite)"
+    state = _safe_load(path, map_location, fix)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint; {fix}")
+    return state
+
+
+# --------------------------------------------------------------------------- the shipped model
+
+
+def check_export_name(name: str, directory: str | os.PathLike = WEIGHTS_DIR, *, overwrite: bool = False) -> None:
+    """An export name is a plain file name (no folders); existing weights are replaced only on request."""
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name or ""):
+        raise ValueError(f"the weights' name must be a plain name such as 'cifar10_vit' (letters, digits, _ . -; "
+                         f"no folders), got {name!r}")
+    existing = [p for p in (Path(directory) / f"{name}.pt", Path(directory) / f"{name}.json") if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} exists; refusing to replace it; pass overwrite=True "
+                              "(--overwrite-export) to replace it, or choose another name")
+
+
+def export_weights(checkpoint: Any, name: str, *, note: str, extra: dict | None = None,
+                   directory: str | os.PathLike = WEIGHTS_DIR, half: bool = True, overwrite: bool = False) -> Path:
+    """Write a weights-only file ``<name>.pt`` (float16 by default) and ``<name>.json`` (config, class names,
+    normalisation, history, ``note``) for :func:`load_trained_model`.
+
+    Args:
+        checkpoint: a checkpoint's path, a loaded checkpoint (dict), or a ``FitResult`` (its checkpoint).
+        overwrite: replace existing files of that name (the shipped weights are refused otherwise).
+    """
+    check_export_name(name, directory, overwrite=overwrite)
+    checkpoint = getattr(checkpoint, "checkpoint", checkpoint)
+    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    directory = Path(directory)
+    weights = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
+               for k, v in state["model"].items()}
+    atomic_write(lambda tmp: torch.save(weights, tmp), directory / f"{name}.pt")
+    info = {"name": name, "model": ViTConfig.from_dict(state["config"]["model"]).to_dict(),
+            "train_config": state["config"], "classes": list(state["classes"]), "mean": list(state["mean"]),
+            "std": list(state["std"]), "history": state["history"], "note": note,
+            "dtype": "float16" if half else "float32", **(extra or {})}
+    atomic_write(lambda tmp: tmp.write_text(json.dumps(info, indent=1)), directory / f"{name}.json")
+    return directory / f"{name}.pt"
+
+
+def load_trained_model(name: str = "cifar10_vit", *, device: torch.device | str | None = None,
+                       directory: str | os.PathLike = WEIGHTS_DIR) -> tuple[VisionTransformer, dict]:
+    """The model the training chapter trained and the package ships, in eval mode, with its info
+    (config, classes, mean/std for normalisation, history, how it was made)."""
+    directory = Path(directory)
+    weights, meta = directory / f"{name}.pt", directory / f"{name}.json"
+    if not weights.exists():
+        available = sorted(p.stem for p in directory.glob("*.pt")) if directory.is_dir() else []
+        raise FileNotFoundError(f"no shipped weights {name!r} in {directory} (found: {available or 'none'}); "
+                                "run book/06_training.ipynb or `python -m vit_from_scratch.cli --export NAME` "
+                                "to make them")
+    fix = "re-export the weights (export_weights, or `python -m vit_from_scratch.cli --resume --export NAME`)"
+    if not meta.exists():
+        raise FileNotFoundError(f"{meta} is missing: the weights {weights.name} need it (config, classes, "
+                                f"normalisation); {fix}")
+    try:
+        info = json.loads(meta.read_text())
+        config = ViTConfig.from_dict(info["model"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{meta} is corrupted or incomplete ({type(error).__name__}: {error}); {fix}") from error
+    state = _safe_load(weights, "cpu", fix)
+    model = VisionTransformer(config)
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except (AttributeError, RuntimeError) as error:
+        raise CheckpointError(f"the weights in {weights} do not fit the model described in {meta}; {fix}") from error
+    device = torch.device(device) if device is not None else pick_device()
+    return model.to(device).eval(), info

@@ -1,0 +1,145 @@
+"""Train a Vision Transformer from the command line: ``python -m vit_from_scratch.cli --help``.
+
+Examples:
+    python -m vit_from_scratch.cli --preset cifar10-cpu --out runs/cifar10
+    python -m vit_from_scratch.cli --preset cifar10-cpu --out runs/cifar10 --resume
+    python -m vit_from_scratch.cli --preset cifar10-gpu --epochs 50 --compile
+    python -m vit_from_scratch.cli --out runs/cifar10 --resume --max-steps 0 --export my_vit
+
+(``python -m vit_from_scratch.train`` is the same command under its old name.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+import typing
+from dataclasses import fields
+from pathlib import Path
+
+from .checkpoints import check_export_name
+from .recipe import PRESETS, TrainConfig, preset
+from .runtime import environment_report, pick_device
+from .training import export_weights, fit, prepare_out_dir
+
+# What a run can meet that is the user's to fix (a folder, a file, an option, a device, a NaN):
+# one line each; --debug shows the traceback.
+EXPECTED_ERRORS = (OSError, ValueError, TypeError, RuntimeError, KeyError)
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _base_type(hint: typing.Any) -> type:
+    """``int`` for ``int`` and for ``int | None``: the type an option's text is converted to."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    return hint
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vit_from_scratch.cli", description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cifar10-cpu", choices=sorted(PRESETS),
+                        help="starting point for every option below (default: cifar10-cpu, the chapter's run)")
+    parser.add_argument("--out", type=Path, default=Path("runs/cifar10"),
+                        help="folder for last.pt (written atomically every epoch) and history.json")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt exactly where it stopped")
+    parser.add_argument("--overwrite", action="store_true", help="delete the run in OUT and start over")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="data folder (default: $VIT_DATA_DIR, else ~/.cache/vit_from_scratch/data)")
+    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    parser.add_argument("--export", default=None, metavar="NAME",
+                        help="after training, also write weights-only NAME.pt and NAME.json into the package "
+                             "(a plain name, no folders)")
+    parser.add_argument("--overwrite-export", action="store_true",
+                        help="let --export replace existing weights of that name (the shipped ones included)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks of errors")
+    options = parser.add_argument_group("training options (default: the preset's value)")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "model":
+            options.add_argument(flag, type=json.loads, default=None, help=f.metadata["help"])
+            continue
+        if f.name == "betas":
+            options.add_argument(flag, type=float, nargs=2, default=None, help=f.metadata["help"])
+            continue
+        base = _base_type(hints[f.name])
+        options.add_argument(flag, type=_parse_bool if base is bool else base, default=None,
+                             metavar="{true,false}" if base is bool else f.name.upper(),
+                             help=f.metadata["help"] + f" (TrainConfig default: {f.default})")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    return preset(args.preset, **overrides)
+
+
+def _train(args: argparse.Namespace, argv: list[str]) -> int:
+    """The run: checks that need no data first (options, device, output folder, export name), then data,
+    training and the export."""
+    try:
+        config = config_from_args(args)
+    except (ValueError, TypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    device = pick_device(args.device)
+    if args.export:
+        check_export_name(args.export, overwrite=args.overwrite_export)
+    prepare_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
+    print(environment_report(device))
+    print("config:", json.dumps(config.to_dict()))
+    train_set = test_set = None
+    if args.data_dir is not None:
+        from .data import load_cifar10
+
+        train_set, test_set = load_cifar10(args.data_dir)
+    result = fit(config, train_set=train_set, test_set=test_set, out_dir=args.out, resume=args.resume,
+                 device=device, progress=not args.no_progress)  # the folder is prepared: overwrite is done
+    last = result.history[-1] if result.history else None
+    if last:
+        print(f"done: test accuracy {last['test_accuracy']:.4f} after {last['epoch']} epochs; "
+              f"checkpoint {result.checkpoint}")
+    if args.export:
+        if not result.checkpoint.exists():
+            print(f"error: nothing to export: no checkpoint was written to {args.out} (no epoch was trained); "
+                  "to export a finished run, add --resume", file=sys.stderr)
+            return 1
+        path = export_weights(result.checkpoint, args.export, overwrite=args.overwrite_export,
+                              note=f"python -m vit_from_scratch.cli {' '.join(argv)}")
+        print(f"exported {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        return _train(args, argv)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"\ninterrupted; resume with --resume (--out {args.out} keeps the last finished epoch)",
+              file=sys.stderr)
+        return 130
+    except EXPECTED_ERRORS as error:
+        if args.debug:
+            raise
+        print(f"error: {error}\n(--debug shows the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Chapter 6: the training recipe as data and formulas. ``TrainConfig`` (every field a command-line option),
+the named presets, AdamW's parameter groups, warmup + cosine, and the autocast choice; ``training.fit`` runs it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from .model import ViTConfig
+
+__all__ = ["TrainConfig", "Phase", "PRESETS", "preset", "param_groups", "warmup_cosine", "build_optimizer",
+           "autocast_dtype"]
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Every field is also a command-line option."""
+
+    model: ViTConfig = field(default_factory=ViTConfig, metadata={
+        "help": "ViTConfig fields as JSON, e.g. '{\"dim\": 192, \"depth\": 6}' (default: the preset's); "
+                "a dict is turned into a ViTConfig"})
+    epochs: int = _opt(30, "passes over the training set; the schedule is laid out for exactly this many")
+    batch_size: int = _opt(128, "images per optimiser step")
+    lr: float = _opt(1e-3, "peak learning rate, reached at the end of the warmup")
+    min_lr: float = _opt(1e-5, "learning rate at the end of the cosine decay")
+    warmup_epochs: float = _opt(2.0, "linear warmup length in epochs (fractions allowed)")
+    low_res_epochs: int = _opt(0, "progressive resizing: train the first this many of the epochs on images "
+                                  "downsampled to low_res_size, then move the model to full size (0: off)")
+    low_res_size: int = _opt(16, "image side in pixels for the low_res_epochs (a multiple of the patch size); the "
+                                 "crop padding shrinks in proportion")
+    full_res_lr: float | None = _opt(None, "peak learning rate of the second warmup + cosine, which starts when the "
+                                           "model moves to full size (default: lr)")
+    full_res_warmup_epochs: float | None = _opt(None, "warmup of that second schedule in epochs (default: "
+                                                      "warmup_epochs)")
+    weight_decay: float = _opt(0.05, "AdamW weight decay (never applied to norms, biases, positions, class token)")
+    betas: tuple[float, float] = _opt((0.9, 0.999), "AdamW betas")
+    label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy")
+    grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0: off)")
+    padding: int = _opt(4, "random-crop padding in pixels (0: no crop)")
+    flip: bool = _opt(True, "random horizontal flips")
+    policy: str = _opt("none", "per-image augmentation policy: none, trivialaugment, randaugment, autoaugment")
+    mixup: float = _opt(0.0, "MixUp Beta(alpha, alpha); 0: off")
+    cutmix: float = _opt(0.0, "CutMix Beta(alpha, alpha); 0: off")
+    amp: str = _opt("auto", "mixed precision: auto (bf16 on GPUs that have it, fp16 on others, off on CPU), bf16, "
+                            "fp16, off")
+    compile: bool = _opt(False, "torch.compile the model")
+    grad_checkpointing: bool = _opt(False, "recompute activations in the backward pass to save memory")
+    train_subset: int | None = _opt(None, "use only this many training images (a fixed random subset)")
+    test_subset: int | None = _opt(None, "evaluate on only this many test images")
+    max_steps: int | None = _opt(None, "stop after this many optimiser steps in all (the schedule still spans all "
+                                       "epochs; 0: train nothing)")
+    seed: int = _opt(0, "seed for weights, data order and augmentation")
+    num_workers: int | None = _opt(None, "DataLoader workers for per-image policies on CPU (default: cores - 1)")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, Mapping):
+            self.model = ViTConfig.from_dict(self.model)  # the one place a model dict becomes a ViTConfig
+        elif not isinstance(self.model, ViTConfig):
+            raise TypeError(f"model must be a ViTConfig or a dict of its fields, got {type(self.model).__name__}")
+        self.betas = tuple(self.betas)
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("train_subset", "test_subset"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive number of images (or None: all), got {getattr(self, name)}")
+        for name in ("max_steps", "num_workers"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more (or None), got {getattr(self, name)}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ValueError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
+        if self.full_res_lr is not None and not 0 <= self.min_lr <= self.full_res_lr:
+            raise ValueError(f"need min_lr <= full_res_lr, got full_res_lr={self.full_res_lr}, min_lr={self.min_lr}")
+        self._check_low_res()
+
+    def _check_low_res(self) -> None:
+        if self.low_res_epochs < 0:
+            raise ValueError(f"low_res_epochs must be 0 (off) or more, got {self.low_res_epochs}")
+        if not self.low_res_epochs:
+            return
+        if self.low_res_epochs >= self.epochs:
+            raise ValueError(f"low_res_epochs ({self.low_res_epochs}) must be fewer than epochs ({self.epochs}), "
+                             "so that training ends at full size; or set low_res_epochs=0 to train at one size")
+        P, full = self.model.patch_size, self.model.image_size
+        if not 0 < self.low_res_size < full or self.low_res_size % P:
+            raise ValueError(f"low_res_size must be a multiple of the patch size ({P}) below the image size "
+                             f"({full}), got {self.low_res_size}; e.g. low_res_size={max(P, full // 2 // P * P)}")
+
+    def vit_config(self) -> ViTConfig:
+        """The model's configuration (the same object as ``model``)."""
+        return self.model
+
+    def to_dict(self) -> dict:
+        """Plain data (JSON-friendly); :meth:`from_dict` reads it back."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {**values, "model": self.model.to_dict(), "betas": list(self.betas)}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """Build a config from :meth:`to_dict`'s output; unknown keys are an error."""
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown TrainConfig field(s) {unknown}")
+        return cls(**{**values, "model": ViTConfig.from_dict(values.get("model", {}))})
+
+    def phases(self) -> list[Phase]:
+        """The stretches of training at one image size, each with its own warmup + cosine: one, or two with
+        progressive resizing (``low_res_epochs`` at ``low_res_size``, then the rest at full size)."""
+        full = self.model.image_size
+        if not self.low_res_epochs:
+            return [Phase(full, 0, self.epochs, self.lr, self.warmup_epochs, self.padding)]
+        low_padding = round(self.padding * self.low_res_size / full)
+        return [Phase(self.low_res_size, 0, self.low_res_epochs, self.lr, self.warmup_epochs, low_padding),
+                Phase(full, self.low_res_epochs, self.epochs,
+                      self.lr if self.full_res_lr is None else self.full_res_lr,
+                      self.warmup_epochs if self.full_res_warmup_epochs is None else self.full_res_warmup_epochs,
+                      self.padding)]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Epochs ``first_epoch`` (0-based) to ``end_epoch`` (exclusive) at ``image_size`` pixels, under one linear
+    warmup to ``lr`` and cosine decay laid out for exactly these epochs, with crops padded by ``padding``."""
+
+    image_size: int
+    first_epoch: int
+    end_epoch: int
+    lr: float
+    warmup_epochs: float
+    padding: int
+
+    @property
+    def epochs(self) -> int:
+        return self.end_epoch - self.first_epoch
+
+
+# The chapter's model and recipe, chosen to fit a 2-core CPU budget (see book/06_training.ipynb). On a CPU a
+# batch of 64 trains nearly as many images per second as 128 and gives twice the optimiser steps, which
+# in short probes (tests/benchmarks/recipe_probe.py) beat batch 128. Progressive resizing: 14 epochs at
+# 16 px cost about as much as 4 at 32 px (a quarter of the tokens), then 11 epochs at 32 px with a second,
+# gentler schedule. The 25 epochs took 41.4 minutes of training in book/06_training.ipynb. The runs that
+# chose the split are in tests/benchmarks/results/: 10 + 11 epochs reached 74.99%, 10 + 12 epochs 74.97%.
+PRESETS: dict[str, dict[str, Any]] = {
+    "cifar10-cpu": dict(
+        model=dict(image_size=32, patch_size=4, num_classes=10, dim=128, depth=6, num_heads=4, mlp_ratio=2.0),
+        epochs=25, batch_size=64, lr=1e-3, min_lr=1e-5, warmup_epochs=1.0, weight_decay=0.05,
+        low_res_epochs=14, low_res_size=16, full_res_lr=5e-4, full_res_warmup_epochs=0.25,
+        label_smoothing=0.1, grad_clip=1.0, padding=4, flip=True, policy="none"),
+    "cifar10-gpu": dict(
+        model=dict(image_size=32, patch_size=4, num_classes=10, dim=384, depth=8, num_heads=6, mlp_ratio=2.0,
+                   drop_path=0.1),
+        epochs=100, batch_size=512, lr=1e-3, min_lr=1e-5, warmup_epochs=5.0, weight_decay=0.05,
+        label_smoothing=0.1, grad_clip=1.0, padding=4, flip=True, policy="trivialaugment", mixup=0.8, cutmix=1.0),
+}
+
+
+def preset(name: str, **overrides: Any) -> TrainConfig:
+    """A named :class:`TrainConfig` (``PRESETS``), with fields replaced by ``overrides``; a ``model`` dict
+    changes only the fields it names, a ``ViTConfig`` replaces the preset's model."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    model = overrides.get("model")
+    values = {**PRESETS[name], **overrides}
+    if model is None or isinstance(model, Mapping):
+        values["model"] = {**PRESETS[name]["model"], **(model or {})}
+    return TrainConfig(**values)
+
+
+# --------------------------------------------------------------------------- the recipe's parts
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: matrices decay; norms, biases (1-D), position embedding and class token do not."""
+    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(step: int, *, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
+    """Learning rate at ``step`` (0-based): linear from lr/warmup to ``lr`` over ``warmup_steps``, then a
+    cosine from ``lr`` down to ``min_lr`` at ``total_steps``."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig, steps_per_epoch: int, phase: Phase | None = None):
+    """AdamW over :func:`param_groups` and a per-step LambdaLR following :func:`warmup_cosine` over ``phase``
+    (default: the config's first phase, which is the whole run without progressive resizing)."""
+    phase = phase or config.phases()[0]
+    fused = all(p.is_cuda for p in model.parameters())
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=phase.lr, betas=config.betas,
+                                  **({"fused": True} if fused else {}))
+    total = phase.epochs * steps_per_epoch
+    warmup = max(1, round(phase.warmup_epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, total_steps=total, warmup_steps=warmup, lr=phase.lr,
+                                           min_lr=config.min_lr) / phase.lr)
+    return optimizer, scheduler
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on ``device`` (``None``: full float32)."""
+    if amp == "off":
+        return None
+    if amp == "auto":
+        if device.type != "cuda":
+            return None  # on the CPUs measured (book/06, book/08) bf16 autocast was slower than float32
+        # a T4 or V100 only emulates bf16 (slowly): ask for real bf16 units
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    return torch.bfloat16 if amp == "bf16" else torch.float16
