@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from _tiny_runs import TEST, TINY_MODEL, TRAIN, tiny_config, write_image_folder
 from vit_from_scratch import cli
 from vit_from_scratch.data import ImageSet, default_data_dir, find_image_folder, load_image_folder, make_loader
 from vit_from_scratch.model import VisionTransformer
@@ -13,23 +14,7 @@ from vit_from_scratch.training import (NonFiniteLossError, TrainConfig, build_op
                                        fit, load_checkpoint, load_trained_model, param_groups, preset,
                                        save_checkpoint, warmup_cosine)
 
-TINY_MODEL = dict(image_size=16, patch_size=4, num_classes=3, dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
-
-
-def _data(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 3
-    images = torch.randint(0, 60, (n, 3, 16, 16), generator=g, dtype=torch.uint8)
-    for c in range(3):  # class c is brighter in channel c: learnable in a few steps
-        images[labels == c, c] += 150
-    return ImageSet(images, labels, ("a", "b", "c"))
-
-
-TRAIN, TEST = _data(96, 0), _data(30, 1)
-
-
-def _config(**kw):
-    return TrainConfig(**{**dict(model=TINY_MODEL, epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.5), **kw})
+_config = tiny_config
 
 
 def test_schedule_warmup_peak_and_end():
@@ -196,14 +181,7 @@ def test_cli_help_documents_every_option(capsys):
 
 
 def test_cli_tiny_run_end_to_end(tmp_path, capsys):
-    # an image-folder tree the test writes itself, 16 px, 3 classes
-    from PIL import Image
-
-    for split, data in (("train", TRAIN), ("test", TEST)):
-        for i, (image, label) in enumerate(zip(data.images, data.labels)):
-            folder = tmp_path / "data" / split / data.classes[label]
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+    write_image_folder(tmp_path / "data")  # an image-folder tree the test writes itself, 16 px, 3 classes
     args = ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--device", "cpu",
             "--model", json.dumps(TINY_MODEL), "--epochs", "2", "--batch-size", "16", "--no-progress", "--low-res-epochs", "1", "--low-res-size", "8"]
     assert cli.main(args) == 0
@@ -325,3 +303,87 @@ def test_progressive_resizing_config_errors():
     chapter = preset("cifar10-cpu")
     assert [(p.image_size, p.epochs) for p in chapter.phases()] == [(16, 14), (32, 11)]
     assert [p.image_size for p in preset("cifar10-cpu", low_res_epochs=0).phases()] == [32]
+
+
+# --------------------------------------------------------------------------- fault tolerance (issue 13)
+
+
+def _quiet(config, **kw):
+    return fit(config, **{**dict(train_set=TRAIN, test_set=TEST, device="cpu", progress=False, log=None), **kw})
+
+
+def test_a_new_run_refuses_a_folder_that_holds_a_run(tmp_path):
+    """Issue 13.3: without resume or overwrite an old run is never overwritten."""
+    first = _quiet(_config(epochs=1), out_dir=tmp_path)
+    before = (tmp_path / "last.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="already holds a run") as info:
+        _quiet(_config(epochs=1, seed=1), out_dir=tmp_path)
+    assert "--resume" in str(info.value) and "--overwrite" in str(info.value)
+    assert (tmp_path / "last.pt").read_bytes() == before
+    again = _quiet(_config(epochs=1, seed=1), out_dir=tmp_path, overwrite=True)
+    assert load_checkpoint(tmp_path / "last.pt")["config"]["seed"] == 1 and again.history != first.history
+    with pytest.raises(ValueError, match="choose one"):
+        _quiet(_config(epochs=1), out_dir=tmp_path, overwrite=True, resume=True)
+
+
+@pytest.mark.parametrize("kw, numbers", [(dict(batch_size=128), ["96 training images", "batch of 128"]),
+                                         (dict(train_subset=10), ["10 training images", "--train-subset 10 of 96",
+                                                                  "batch of 16"])])
+def test_a_run_that_would_take_no_step_is_refused(tmp_path, kw, numbers):
+    """Issue 13.5: a batch larger than the training set or a subset smaller than a batch."""
+    with pytest.raises(ValueError, match="no optimiser step would run") as info:
+        _quiet(_config(**kw), out_dir=tmp_path)
+    assert all(n in str(info.value) for n in numbers), str(info.value)
+    assert not (tmp_path / "last.pt").exists()
+    for bad in (0, -5):
+        with pytest.raises(ValueError, match="train_subset must be a positive"):
+            _config(train_subset=bad)
+
+
+def test_an_output_folder_that_cannot_take_checkpoints_is_found_before_training(tmp_path, monkeypatch):
+    """Issue 13.6: a file, an unwritable folder, a disk without room: refused before the first step."""
+    from collections import namedtuple
+
+    from vit_from_scratch import checkpoints
+
+    epochs = []
+    file = tmp_path / "a-file"
+    file.write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        _quiet(_config(), out_dir=file, log=epochs.append)
+
+    def refuse(self, data):
+        raise PermissionError(13, "Permission denied")
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoints.Path, "write_bytes", refuse)
+        with pytest.raises(OSError, match="cannot write into .*locked"):
+            _quiet(_config(), out_dir=tmp_path / "locked", log=epochs.append)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(OSError, match="no space left for checkpoints in .*full"):
+        _quiet(_config(), out_dir=tmp_path / "full", log=epochs.append)
+    assert epochs == [], "nothing may train before the output folder is known to work"
+    assert not list((tmp_path / "full").iterdir())
+
+
+def test_nan_stop_says_when_no_checkpoint_was_written_yet(tmp_path, monkeypatch):
+    """Issue 13.7: the NaN stop in the first epoch names no checkpoint that does not exist."""
+    original = VisionTransformer.forward
+    monkeypatch.setattr(VisionTransformer, "forward", lambda self, x: original(self, x) * float("nan"))
+    with pytest.raises(NonFiniteLossError) as info:
+        _quiet(_config(), out_dir=tmp_path)
+    assert "No checkpoint was written yet" in str(info.value) and "kept at" not in str(info.value)
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_resume_with_a_per_image_policy_in_worker_processes_is_exact(tmp_path):
+    """Issue 13.4: TrivialAugment in DataLoader workers; stopped after epoch 1 and resumed equals straight."""
+    config = _config(policy="trivialaugment", num_workers=2)
+    straight = _quiet(config, out_dir=tmp_path / "a")
+    _quiet(config, out_dir=tmp_path / "b", stop_after_epochs=1)
+    torch.manual_seed(4321)
+    resumed = _quiet(config, out_dir=tmp_path / "b", resume=True)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), f"{k} differs after resume"
+    assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
