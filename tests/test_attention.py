@@ -161,7 +161,7 @@ def test_mhsa_gradients_reach_every_parameter():
 @pytest.mark.parametrize("return_attention", [False, True])
 def test_mhsa_attention_dropout_only_in_training(return_attention):
     torch.manual_seed(0)
-    m = MultiHeadSelfAttention(16, 2, attn_drop=0.5)
+    m = MultiHeadSelfAttention(16, 2, attn_dropout=0.5)
     x = torch.randn(2, 8, 16)
     run = (lambda: m(x, return_attention=True)[0]) if return_attention else (lambda: m(x))
     with torch.no_grad():
@@ -176,7 +176,7 @@ def test_mhsa_attention_dropout_only_in_training(return_attention):
 
 def test_mhsa_returned_weights_are_before_dropout():
     torch.manual_seed(0)
-    m = MultiHeadSelfAttention(16, 2, attn_drop=0.5).train()
+    m = MultiHeadSelfAttention(16, 2, attn_dropout=0.5).train()
     _, weights = m(torch.randn(2, 8, 16), return_attention=True)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 8))
 

@@ -1,13 +1,21 @@
 """Distillation: DeiT's student (tokens, heads, train/eval outputs, timm's layout) and the hard-label loss."""
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import randomise
 from torch import nn
 
-from _helpers import randomise
-from vit_from_scratch.distillation import DistilledVisionTransformer, HardDistillationLoss, hard_distillation_loss
-from vit_from_scratch.model import ViTConfig, VisionTransformer, timm_kwargs
+from vit_from_scratch.distillation import (
+    DistilledVisionTransformer,
+    HardDistillationLoss,
+    hard_distillation_loss,
+)
+from vit_from_scratch.interop import timm_kwargs
+from vit_from_scratch.model import VisionTransformer, ViTConfig
 
 CONFIG = ViTConfig(image_size=16, patch_size=4, num_classes=5, dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
 
@@ -57,7 +65,7 @@ def test_without_its_distillation_token_the_student_is_the_plain_vit():
 
 
 def test_sincos_student_gets_zero_positions_for_both_prefix_tokens():
-    student = DistilledVisionTransformer(CONFIG, pos_embed="sincos")
+    student = DistilledVisionTransformer(CONFIG, pos_embed_type="sincos")
     assert student.pos_embed.shape == (1, 18, 32) and "pos_embed" not in dict(student.named_parameters())
     assert torch.equal(student.pos_embed[:, :2], torch.zeros(1, 2, 32))
     torch.testing.assert_close(student.to_vit().pos_embed, torch.cat([student.pos_embed[:, :1],
@@ -69,6 +77,44 @@ def test_distillation_token_and_head_are_initialised_and_not_weight_decayed():
     assert student.dist_token.abs().max() > 0 and student.dist_token.abs().max() <= 2 * 0.02
     assert not student.head_dist.weight.any() and not student.head_dist.bias.any()
     assert {"dist_token", "pos_embed", "cls_token"} <= student.no_weight_decay()
+
+
+def test_student_builds_its_positions_once_and_initialises_once(monkeypatch):
+    import vit_from_scratch.model as model_module
+    calls = {"pos": [], "init": 0}
+    learned = model_module.learned_pos_embed
+    monkeypatch.setattr(model_module, "learned_pos_embed",
+                        lambda n, d: calls["pos"].append(n) or learned(n, d))
+    init = DistilledVisionTransformer.init_weights
+
+    def counting_init(self):
+        calls["init"] += 1
+        init(self)
+
+    monkeypatch.setattr(DistilledVisionTransformer, "init_weights", counting_init)
+    student = DistilledVisionTransformer(CONFIG)
+    assert calls == {"pos": [2 + 16], "init": 1} and student.num_prefix_tokens == 2
+
+
+def test_logits_per_head_gives_both_heads_in_any_mode():
+    student, images = _student(), torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        tokens = student.eval().forward_features(images)
+        cls_logits, dist_logits = student.logits_per_head(tokens)
+        torch.testing.assert_close(student.forward_head(tokens), (cls_logits + dist_logits) / 2)
+
+
+def test_no_module_imports_another_modules_private_names():
+    package = Path(__file__).resolve().parents[1] / "vit_from_scratch"
+    private = []
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            internal = isinstance(node, ast.ImportFrom) and (
+                node.level > 0 or (node.module or "").startswith("vit_from_scratch"))
+            if internal:
+                private += [f"{path.name}: {a.name} from {node.module}" for a in node.names
+                            if a.name.startswith("_") and a.name != "__future__"]
+    assert private == [], "private names imported across modules: " + ", ".join(private)
 
 
 def test_student_refuses_mean_pooling():

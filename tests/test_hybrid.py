@@ -17,13 +17,13 @@ def n_params(module):
 
 
 def test_stem_gives_the_token_grid_of_4x4_patches():
-    stem = ConvStem(image_size=32, embed_dim=48, channels=(8, 16, 24), strides=(1, 2, 2))
+    stem = ConvStem(image_size=32, dim=48, channels=(8, 16, 24), strides=(1, 2, 2))
     assert stem.grid_size == (8, 8) and stem.num_patches == 64 and stem.patch_size == 4
     assert stem(torch.randn(2, 3, 32, 32)).shape == (2, 64, 48)
 
 
 def test_stem_macs_match_the_flop_counter():
-    stem = ConvStem(image_size=32, embed_dim=48, channels=(8, 16), strides=(2, 2)).eval()
+    stem = ConvStem(image_size=32, dim=48, channels=(8, 16), strides=(2, 2)).eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         stem(torch.randn(1, 3, 32, 32))
     assert counter.get_total_flops() == 2 * stem.macs()
@@ -36,6 +36,18 @@ def test_hybrid_reuses_the_vit_and_replaces_only_the_patch_embedding():
     assert n_params(hybrid) == n_params(vit) - n_params(vit.patch_embed) + n_params(hybrid.patch_embed)
     assert isinstance(hybrid.patch_embed, ConvStem) and hybrid(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert hybrid.embed(torch.randn(2, 3, 32, 32)).shape == (2, 65, 32)  # class token + 8 x 8 tokens
+
+
+def test_hybrid_builds_no_patch_embedding_to_throw_away(monkeypatch):
+    import vit_from_scratch.model as model_module
+
+    def refuse(**kwargs):
+        raise AssertionError("the default PatchEmbedding was built")
+
+    monkeypatch.setattr(model_module, "PatchEmbedding", refuse)
+    hybrid = HybridViT(TINY, stem_channels=(8, 16), stem_strides=(2, 2))
+    assert isinstance(hybrid.patch_embed, ConvStem)
+    assert torch.all(hybrid.patch_embed.proj.bias == 0) and torch.all(hybrid.head.weight == 0)  # ViT's init
 
 
 def test_hybrid_macs_match_the_flop_counter():

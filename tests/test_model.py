@@ -3,14 +3,19 @@
 import pytest
 import torch
 import torchvision
+from _helpers import randomise as _randomise
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from vit_from_scratch.model import (NAMED_SIZES, VisionTransformer, ViTConfig, config_from_torchvision,
-                                    convert_torchvision_state_dict, timm_kwargs, torchvision_kwargs, vit_config)
+from vit_from_scratch.interop import (
+    config_from_torchvision,
+    convert_torchvision_state_dict,
+    timm_kwargs,
+    torchvision_kwargs,
+)
+from vit_from_scratch.model import NAMED_SIZES, VisionTransformer, ViTConfig, vit_config
 from vit_from_scratch.positions import resize_pos_embed
-from _helpers import randomise as _randomise
 
 timm_vit = pytest.importorskip("timm.models.vision_transformer")
 
@@ -29,10 +34,10 @@ def n_params(model: nn.Module) -> int:
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(TINY, pool="max"), "pool must be 'cls'"),
-    (dict(TINY, pos_embed="rope"), "pos_embed must be 'learned' or 'sincos'"),
+    (dict(TINY, pos_embed_type="rope"), "pos_embed_type must be 'learned' or 'sincos'"),
     (dict(TINY, num_heads=3), "must be divisible by num_heads=3"),
     (dict(TINY, patch_size=5), "does not divide the image size"),
-    (dict(TINY, dim=34, num_heads=2, pos_embed="sincos"), "divisible by 4"),
+    (dict(TINY, dim=34, num_heads=2, pos_embed_type="sincos"), "divisible by 4"),
     (dict(TINY, dropout=1.0), "dropout must be a probability"),
     (dict(TINY, depth=0), "depth must be a positive integer"),
     (dict(TINY, class_token=False), "pool='cls' reads the class token"),
@@ -43,12 +48,21 @@ def test_config_rejects_bad_values(kwargs, message):
 
 
 def test_config_round_trips_through_a_dict_and_rejects_unknown_fields():
-    c = ViTConfig(**TINY, pool="mean", pos_embed="sincos")
+    c = ViTConfig(**TINY, pool="mean", pos_embed_type="sincos")
     assert ViTConfig.from_dict(c.to_dict()) == c
     with pytest.raises(TypeError, match="unknown ViTConfig field"):
         ViTConfig.from_dict({**c.to_dict(), "width": 3})
     with pytest.raises(TypeError, match="unknown ViTConfig field"):
         VisionTransformer(c, hidden=3)
+
+
+def test_from_dict_reads_configs_saved_before_pos_embed_was_renamed_pos_embed_type():
+    saved = {**TINY, "pos_embed": "sincos"}  # as checkpoints and weights JSON wrote it
+    assert ViTConfig.from_dict(saved) == ViTConfig(**TINY, pos_embed_type="sincos")
+    with pytest.raises(ValueError, match="keep only 'pos_embed_type'"):
+        ViTConfig.from_dict({**saved, "pos_embed_type": "learned"})
+    with pytest.raises(TypeError, match="'pos_embed' is now 'pos_embed_type'"):
+        VisionTransformer(ViTConfig(**TINY), pos_embed="sincos")
 
 
 def test_derived_sizes_of_vit_b16():
@@ -92,7 +106,7 @@ def test_named_sizes_match_deits_flop_counts(name):
     assert abs(vit_config(name).macs() - DEIT_MACS[name]) / DEIT_MACS[name] < 0.05  # DeiT rounds 1.25 to 1.3
 
 
-@pytest.mark.parametrize("overrides", [{}, dict(pool="mean"), dict(pos_embed="sincos"), dict(qkv_bias=False),
+@pytest.mark.parametrize("overrides", [{}, dict(pool="mean"), dict(pos_embed_type="sincos"), dict(qkv_bias=False),
                                        dict(pool="mean", class_token=True, fc_norm=False), dict(in_channels=1),
                                        dict(mlp_ratio=2.0)])
 def test_parameter_formula_matches_the_model(overrides):
@@ -123,6 +137,43 @@ def test_initialisation_follows_the_reference_implementations():
     assert torch.equal(logits, torch.zeros(3, 5)), "a zero head starts with every class equally likely"
 
 
+def test_weight_init_skip_leaves_the_default_initialisation_for_a_subclass_to_finish():
+    torch.manual_seed(0)
+    initialised = VisionTransformer(ViTConfig(**TINY))
+    torch.manual_seed(0)
+    skipped = VisionTransformer(ViTConfig(**TINY), weight_init="skip")
+    assert skipped.head.weight.abs().sum() > 0 and torch.all(skipped.cls_token == 0)  # not ViT's init
+    skipped.init_weights()  # what a subclass calls once its own parts exist
+    for (name, a), b in zip(initialised.state_dict().items(), skipped.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="weight_init must be 'vit'"):
+        VisionTransformer(ViTConfig(**TINY), weight_init="jax")
+
+
+def test_embed_layer_replaces_the_patch_embedding_without_building_the_default(monkeypatch):
+    import vit_from_scratch.model as model_module
+    from vit_from_scratch.patches import PatchEmbedding
+
+    def refuse(**kwargs):
+        raise AssertionError("the default PatchEmbedding was built")
+
+    monkeypatch.setattr(model_module, "PatchEmbedding", refuse)
+    made = []
+
+    def factory(c: ViTConfig) -> nn.Module:
+        made.append(PatchEmbedding(image_size=c.image_size, patch_size=c.patch_size, dim=c.dim))
+        return made[-1]
+
+    model = VisionTransformer(ViTConfig(**TINY), embed_layer=factory)
+    assert model.patch_embed is made[0] and model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    module = PatchEmbedding(image_size=32, patch_size=8, dim=32)
+    assert VisionTransformer(ViTConfig(**TINY), embed_layer=module).patch_embed is module
+    with pytest.raises(ValueError, match=r"makes a \(8, 8\) grid of tokens"):
+        VisionTransformer(ViTConfig(**TINY), embed_layer=PatchEmbedding(image_size=32, patch_size=4, dim=32))
+    with pytest.raises(TypeError, match="without grid_size"):
+        VisionTransformer(ViTConfig(**TINY), embed_layer=nn.Identity())
+
+
 def test_forward_shapes_and_pooling():
     torch.manual_seed(0)
     for pool in ("cls", "mean"):
@@ -138,7 +189,7 @@ def test_forward_shapes_and_pooling():
 
 def test_no_weight_decay_names_tokens_and_learned_positions_only():
     assert VisionTransformer(ViTConfig(**TINY)).no_weight_decay() == {"cls_token", "pos_embed"}
-    assert VisionTransformer(ViTConfig(**TINY, pool="mean", pos_embed="sincos")).no_weight_decay() == set()
+    assert VisionTransformer(ViTConfig(**TINY, pool="mean", pos_embed_type="sincos")).no_weight_decay() == set()
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
@@ -179,7 +230,7 @@ TIMM_CONFIGS = [
     dict(TINY, pool="mean"),
     dict(image_size=48, patch_size=16, num_classes=10, dim=48, depth=3, num_heads=3),
     dict(image_size=28, patch_size=7, num_classes=3, dim=24, depth=1, num_heads=2, in_channels=1),
-    dict(image_size=32, patch_size=4, num_classes=7, dim=64, depth=2, num_heads=8, pos_embed="sincos"),
+    dict(image_size=32, patch_size=4, num_classes=7, dim=64, depth=2, num_heads=8, pos_embed_type="sincos"),
     dict(image_size=32, patch_size=8, num_classes=4, dim=32, depth=2, num_heads=2, qkv_bias=False, mlp_ratio=2.0),
     dict(image_size=32, patch_size=8, num_classes=6, dim=32, depth=2, num_heads=4, pool="mean",
          class_token=True, fc_norm=False),

@@ -29,7 +29,7 @@ def test_patchify_tokens_are_row_major_patches_in_conv_weight_order():
 @pytest.mark.parametrize("C,P,D,H,W", [(3, 16, 64, 224, 224), (3, 4, 32, 32, 32), (1, 7, 8, 28, 28), (2, 3, 5, 9, 12)])
 def test_conv2d_equals_linear_on_patches(C, P, D, H, W):
     linear = nn.Linear(C * P * P, D).double()
-    embed = PatchEmbedding(image_size=(H, W), patch_size=P, in_channels=C, embed_dim=D).double()
+    embed = PatchEmbedding(image_size=(H, W), patch_size=P, in_channels=C, dim=D).double()
     with torch.no_grad():
         embed.proj.weight.copy_(linear.weight.reshape(D, C, P, P))
         embed.proj.bias.copy_(linear.bias)
@@ -39,7 +39,7 @@ def test_conv2d_equals_linear_on_patches(C, P, D, H, W):
 
 @pytest.mark.parametrize("image_size,P,D,C", [(224, 16, 768, 3), (32, 4, 192, 3), (28, 7, 16, 1), ((48, 64), 16, 8, 4)])
 def test_patch_embedding_shapes_and_grid(image_size, P, D, C):
-    embed = PatchEmbedding(image_size=image_size, patch_size=P, in_channels=C, embed_dim=D)
+    embed = PatchEmbedding(image_size=image_size, patch_size=P, in_channels=C, dim=D)
     H, W = (image_size, image_size) if isinstance(image_size, int) else image_size
     out = embed(torch.randn(2, C, H, W))
     assert embed.grid_size == (H // P, W // P)
@@ -60,7 +60,7 @@ def test_patch_that_does_not_divide_gives_clear_error():
 def test_wrong_rank_channels_and_size_give_clear_errors():
     with pytest.raises(ValueError, match=r"\(B, C, H, W\).*unsqueeze"):
         patchify(torch.randn(3, 32, 32), 4)
-    embed = PatchEmbedding(image_size=32, patch_size=4, in_channels=3, embed_dim=8)
+    embed = PatchEmbedding(image_size=32, patch_size=4, in_channels=3, dim=8)
     with pytest.raises(ValueError, match="expected 3-channel images, got 1"):
         embed(torch.randn(1, 1, 32, 32))
     with pytest.raises(ValueError, match=r"expected images of size \(32, 32\), got \(64, 64\).*resize_pos_embed"):

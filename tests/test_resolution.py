@@ -35,10 +35,10 @@ def test_to_resolution_copies_weights_and_resizes_positions():
 
 
 def test_to_resolution_rebuilds_a_fixed_sincos_table():
-    model = VisionTransformer(ViTConfig(**TINY, pos_embed="sincos"))
+    model = VisionTransformer(ViTConfig(**TINY, pos_embed_type="sincos"))
     big = to_resolution(model, 24)
     assert torch.equal(big.pos_embed, VisionTransformer(ViTConfig(**{**TINY, "image_size": 24},
-                                                                  pos_embed="sincos")).pos_embed)
+                                                                  pos_embed_type="sincos")).pos_embed)
 
 
 def test_to_resolution_explains_a_size_the_patches_do_not_divide():

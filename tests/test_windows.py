@@ -143,7 +143,7 @@ def test_msa_macs_count_the_attention_products(window):
 
 
 def test_pyramid_costs_add_up_to_a_timm_swin():
-    sizes = dict(image_size=32, patch_size=2, embed_dim=16, depths=(2, 2, 2), window_size=4, num_classes=10)
+    sizes = dict(image_size=32, patch_size=2, dim=16, depths=(2, 2, 2), window_size=4, num_classes=10)
     model = timm_swin.SwinTransformer(img_size=32, patch_size=2, embed_dim=16, depths=(2, 2, 2), num_heads=(1, 2, 4),
                                       window_size=4, num_classes=10).eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:

@@ -7,10 +7,12 @@ from .distillation import DistilledVisionTransformer, HardDistillationLoss, hard
 from .data import resize_images
 from .efficiency import SavedTensorMemory, TensorMemoryTracker, attention_matrix_bytes, autocast_works, peak_memory
 from .encoder import MLP, DropPath, Encoder, EncoderBlock, block_num_params
-from .model import (NAMED_SIZES, ViTConfig, VisionTransformer, config_from_torchvision, convert_torchvision_state_dict,
-                    timm_kwargs, to_resolution, torchvision_kwargs, vit_config)
+from .model import NAMED_SIZES, ViTConfig, VisionTransformer, to_resolution, vit_config
+from .interop import (config_from_torchvision, convert_torchvision_state_dict, from_torchvision, timm_kwargs,
+                      torchvision_kwargs)
 from .patches import PatchEmbedding, check_patch_grid, patchify, unpatchify
-from .positions import learned_pos_embed, position_similarity, resize_pos_embed, sincos_pos_embed_1d, sincos_pos_embed_2d
+from .positions import (learned_pos_embed, position_similarity, resize_pos_embed, sincos_pos_embed_1d,
+                        sincos_pos_embed_2d, truncated_normal_)
 from .runtime import (Timing, benchmark, budget, environment_report, is_quick, network_available, pick_device,
                       seed_everything, synchronize)
 from .hybrid import ConvStem, HybridViT
@@ -28,13 +30,15 @@ __all__ = [
     "PatchEmbedding", "check_patch_grid", "patchify", "unpatchify",
     # chapter 2: positions
     "learned_pos_embed", "position_similarity", "resize_pos_embed", "sincos_pos_embed_1d", "sincos_pos_embed_2d",
+    "truncated_normal_",
     # chapter 3: attention
     "MultiHeadSelfAttention",
     # chapter 4: encoder
     "MLP", "DropPath", "Encoder", "EncoderBlock", "block_num_params",
     # chapter 5: the model
-    "NAMED_SIZES", "ViTConfig", "VisionTransformer", "config_from_torchvision", "convert_torchvision_state_dict",
-    "timm_kwargs", "to_resolution", "torchvision_kwargs", "vit_config",
+    "NAMED_SIZES", "ViTConfig", "VisionTransformer", "to_resolution", "vit_config",
+    "config_from_torchvision", "convert_torchvision_state_dict", "from_torchvision", "timm_kwargs",
+    "torchvision_kwargs",
     # chapter 6: data and training
     "resize_images",
     # chapter 8: efficiency

@@ -1,6 +1,7 @@
 """Chapter 3: scaled dot-product attention and multi-head self-attention.
 
-Letters: B batch, N tokens (M keys when they differ), D width, H heads, d = D/H width per head.
+Letters: B batch, N tokens (M keys when they differ), D width, nh heads, d = D/nh width per head.
+(H and W stay the image's height and width, as in every chapter.)
 """
 
 from __future__ import annotations
@@ -52,30 +53,30 @@ class MultiHeadSelfAttention(nn.Module):
 
     Args:
         dim: token width ``D``; must be divisible by ``num_heads``.
-        num_heads: number of heads ``H``; each works in ``d = D / H`` channels.
+        num_heads: number of heads ``nh``; each works in ``d = D / nh`` channels.
         qkv_bias: give the ``qkv`` projection a bias (ViT does).
-        attn_drop: dropout probability on the attention weights, in training only.
-        proj_drop: dropout probability after the output projection, in training only.
+        attn_dropout: dropout probability on the attention weights, in training only.
+        dropout: dropout probability after the output projection (``proj_drop``), in training only.
 
     Shape:
-        (B, N, D) -> (B, N, D), and weights (B, H, N, N) with ``return_attention=True``
+        (B, N, D) -> (B, N, D), and weights (B, nh, N, N) with ``return_attention=True``
     """
 
     def __init__(self, dim: int, num_heads: int = 8, *, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+                 attn_dropout: float = 0.0, dropout: float = 0.0) -> None:
         super().__init__()
         if dim <= 0 or num_heads <= 0 or dim % num_heads:
             raise ValueError(f"the width {dim} must be divisible by the number of heads {num_heads} "
                              f"(each head gets dim / heads channels); for width {dim} try heads in "
                              f"{[h for h in range(1, min(dim, 16) + 1) if dim % h == 0]}")
-        if not 0.0 <= attn_drop < 1.0:
-            raise ValueError(f"attn_drop must be in [0, 1), got {attn_drop}")
+        if not 0.0 <= attn_dropout < 1.0:
+            raise ValueError(f"attn_dropout must be in [0, 1), got {attn_dropout}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.attn_drop = attn_drop
+        self.attn_dropout = attn_dropout
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         if x.ndim != 3:
@@ -84,17 +85,17 @@ class MultiHeadSelfAttention(nn.Module):
         B, N, D = x.shape
         if D != self.qkv.in_features:
             raise ValueError(f"expected width {self.qkv.in_features}, got {D} (shape {tuple(x.shape)})")
-        H, d = self.num_heads, self.head_dim
-        qkv = self.qkv(x).reshape(B, N, 3, H, d)  # (B, N, 3D) -> (B, N, 3, H, d)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (3, B, H, N, d) -> 3 x (B, H, N, d)
-        p = self.attn_drop if self.training else 0.0
+        nh, d = self.num_heads, self.head_dim
+        qkv = self.qkv(x).reshape(B, N, 3, nh, d)  # (B, N, 3D) -> (B, N, 3, nh, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (3, B, nh, N, d) -> 3 x (B, nh, N, d)
+        p = self.attn_dropout if self.training else 0.0
         if return_attention:
-            out, weights = attention(q, k, v, dropout_p=p)  # (B, H, N, d), (B, H, N, N)
+            out, weights = attention(q, k, v, dropout_p=p)  # (B, nh, N, d), (B, nh, N, N)
         else:
-            out, weights = F.scaled_dot_product_attention(q, k, v, dropout_p=p), None  # (B, H, N, d)
-        out = out.transpose(1, 2).reshape(B, N, D)  # (B, H, N, d) -> (B, N, H, d) -> (B, N, D)
+            out, weights = F.scaled_dot_product_attention(q, k, v, dropout_p=p), None  # (B, nh, N, d)
+        out = out.transpose(1, 2).reshape(B, N, D)  # (B, nh, N, d) -> (B, N, nh, d) -> (B, N, D)
         out = self.proj_drop(self.proj(out))
         return (out, weights) if return_attention else out
 
     def extra_repr(self) -> str:
-        return f"num_heads={self.num_heads}, head_dim={self.head_dim}, attn_drop={self.attn_drop}"
+        return f"num_heads={self.num_heads}, head_dim={self.head_dim}, attn_dropout={self.attn_dropout}"

@@ -4,7 +4,7 @@ The student is a ViT with one more learned token, the distillation token, beside
 class token's head learns the true labels; the distillation token's head learns what a teacher (here a
 CNN) predicts for the same augmented image. At inference the two heads' logits are averaged.
 
-Letters: B batch, C channels, H/W image size, N patches, D width, K classes.
+Letters: B batch, C channels, H/W image height/width, N patches, D width, K classes.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .model import ViTConfig, VisionTransformer, _trunc_normal_
-from .positions import learned_pos_embed, sincos_pos_embed_2d
+from .model import VisionTransformer, ViTConfig
+from .positions import truncated_normal_
 
 __all__ = ["DistilledVisionTransformer", "hard_distillation_loss", "HardDistillationLoss"]
 
@@ -27,7 +27,9 @@ class DistilledVisionTransformer(VisionTransformer):
 
     The token sequence is ``[class, distillation, patch_1 .. patch_N]`` with a position for each (as in
     DeiT and timm's ``VisionTransformerDistilled``, whose state-dict keys it shares: ``dist_token``,
-    ``head_dist``). The encoder, norms and patch embedding are the plain ViT's, unchanged.
+    ``head_dist``). The encoder, norms and patch embedding are the plain ViT's, unchanged: the base
+    class builds them with room for one extra prefix token (``extra_tokens = 1``) and without
+    initialising (``weight_init="skip"``); the new parts are added, then everything is initialised once.
 
     In training mode the forward pass returns ``(cls_logits, dist_logits)``, one per head; in eval mode
     the average ``(cls_logits + dist_logits) / 2`` (DeiT's choice at inference).
@@ -40,18 +42,15 @@ class DistilledVisionTransformer(VisionTransformer):
         (B, C, H, W) -> (B, K), or a pair of (B, K) in training mode
     """
 
+    extra_tokens = 1  # the distillation token, after the class token: positions for 2 + N tokens
+
     def __init__(self, config: ViTConfig | str | None = None, **overrides: Any) -> None:
-        super().__init__(config, **overrides)
+        super().__init__(config, weight_init="skip", **overrides)
         c = self.config
         if c.pool != "cls":
             raise ValueError(f"the distillation student reads its class and distillation tokens, so it needs "
                              f"pool='cls', got pool={c.pool!r}; build it with pool='cls'")
-        self.num_prefix_tokens = 2  # class + distillation
         self.dist_token = nn.Parameter(torch.zeros(1, 1, c.dim))
-        if c.pos_embed == "learned":
-            self.pos_embed = learned_pos_embed(2 + c.num_patches, c.dim)  # (1, 2+N, D)
-        else:
-            self.pos_embed = sincos_pos_embed_2d(c.grid_size, c.dim, num_prefix_tokens=2)  # buffer (1, 2+N, D)
         self.head_dist = nn.Linear(c.dim, c.num_classes)
         self.init_weights()
 
@@ -59,10 +58,9 @@ class DistilledVisionTransformer(VisionTransformer):
         """The plain ViT's initialisation; distillation token truncated normal (std 0.02, as DeiT and
         timm), distillation head zeros like the class head."""
         super().init_weights()
-        if hasattr(self, "dist_token"):  # the base constructor calls this before the new parts exist
-            _trunc_normal_(self.dist_token, 0.02)
-            nn.init.zeros_(self.head_dist.weight)
-            nn.init.zeros_(self.head_dist.bias)
+        truncated_normal_(self.dist_token, 0.02)
+        nn.init.zeros_(self.head_dist.weight)
+        nn.init.zeros_(self.head_dist.bias)
 
     def no_weight_decay(self) -> set[str]:
         """Position embedding, class and distillation tokens."""
@@ -79,8 +77,8 @@ class DistilledVisionTransformer(VisionTransformer):
         x = torch.cat([self.cls_token.expand(B, -1, -1), self.dist_token.expand(B, -1, -1), x], dim=1)  # (B, 2+N, D)
         return self.pos_drop(x + self.pos_embed)  # (B, 2+N, D)
 
-    def forward_heads(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Both heads on the encoded sequence: class head on token 0, distillation head on token 1.
+    def logits_per_head(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Both heads' logits, in any mode: class head on token 0, distillation head on token 1.
 
         Shape:
             (B, 2+N, D) -> ((B, K), (B, K))
@@ -88,15 +86,16 @@ class DistilledVisionTransformer(VisionTransformer):
         return self.head(self.fc_norm(x[:, 0])), self.head_dist(self.fc_norm(x[:, 1]))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """Training: ``(cls_logits, dist_logits)``; eval: their average. ``pre_logits``: the two tokens'
-        average feature (as timm).
+        """The model's output from the encoded sequence, as timm's ``forward_head``: training,
+        ``(cls_logits, dist_logits)`` (:meth:`logits_per_head`); eval, their average.
+        ``pre_logits``: the two tokens' average feature (as timm).
 
         Shape:
             (B, 2+N, D) -> (B, K), or ((B, K), (B, K)) in training mode, or (B, D) with ``pre_logits``
         """
         if pre_logits:
             return (self.fc_norm(x[:, 0]) + self.fc_norm(x[:, 1])) / 2  # (B, D)
-        cls_logits, dist_logits = self.forward_heads(x)
+        cls_logits, dist_logits = self.logits_per_head(x)
         if self.training:
             return cls_logits, dist_logits
         return (cls_logits + dist_logits) / 2  # (B, K)

@@ -1,6 +1,6 @@
 """Chapter 4: the transformer encoder: MLP, LayerNorm, residuals, the pre-norm block and the stack.
 
-Letters: B batch, N tokens, D width, M = mlp_ratio * D hidden width of the MLP, H heads.
+Letters: B batch, N tokens, D width, M = mlp_ratio * D hidden width of the MLP, nh heads.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class EncoderBlock(nn.Module):
     :class:`DropPath` and dropout when training.
 
     Shape:
-        (B, N, D) -> (B, N, D); with ``return_attention=True`` also the weights (B, H, N, N)
+        (B, N, D) -> (B, N, D); with ``return_attention=True`` also the weights (B, nh, N, N)
     """
 
     def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, qkv_bias: bool = True,
@@ -87,8 +87,8 @@ class EncoderBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = MultiHeadSelfAttention(dim, num_heads, qkv_bias=qkv_bias,
-                                           attn_drop=_check_rate("attn_dropout", attn_dropout),
-                                           proj_drop=_check_rate("dropout", dropout))
+                                           attn_dropout=_check_rate("attn_dropout", attn_dropout),
+                                           dropout=_check_rate("dropout", dropout))
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = MLP(dim, mlp_ratio=mlp_ratio, dropout=dropout)
@@ -124,7 +124,7 @@ class Encoder(nn.Sequential):
     """A stack of ``depth`` encoder blocks; the drop-path rate grows linearly from 0 to ``drop_path``.
 
     Shape:
-        (B, N, D) -> (B, N, D); with ``return_attention=True`` also one (B, H, N, N) per block
+        (B, N, D) -> (B, N, D); with ``return_attention=True`` also one (B, nh, N, N) per block
     """
 
     def __init__(self, dim: int, depth: int, num_heads: int, *, drop_path: float = 0.0, **block_kwargs) -> None:

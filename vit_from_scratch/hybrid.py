@@ -4,8 +4,8 @@ The ViT paper's hybrid feeds the transformer with the feature map of a ResNet in
 (Dosovitskiy et al., 2021, sec. 3.1). Later work showed that a few 3x3 convolutions are enough: a
 "convolutional stem" makes ViTs train faster, more stably and to higher accuracy, especially on small
 data (Xiao et al., 2021; Hassani et al., 2021). Here the stem replaces only ``patch_embed`` of the
-package's :class:`~vit_from_scratch.model.VisionTransformer`; the class token, positions, encoder and head
-are the same modules.
+package's :class:`~vit_from_scratch.model.VisionTransformer`, passed in through its ``embed_layer`` hook;
+the class token, positions, encoder and head are the same modules.
 
 Letters: B batch, C input channels, H/W image size, c_i stem channels, D width, h/w token grid, N = h*w.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .model import ViTConfig, VisionTransformer, vit_config
+from .model import VisionTransformer, ViTConfig
 from .patches import check_patch_grid, to_2tuple
 
 __all__ = ["ConvStem", "HybridViT"]
@@ -36,7 +36,7 @@ class ConvStem(nn.Module):
         (B, C, H, W) -> (B, N, D), N = (H / prod(strides)) * (W / prod(strides))
     """
 
-    def __init__(self, *, image_size: int | tuple[int, int] = 32, in_channels: int = 3, embed_dim: int = 192,
+    def __init__(self, *, image_size: int | tuple[int, int] = 32, in_channels: int = 3, dim: int = 192,
                  channels: Sequence[int] = (32, 64, 128), strides: Sequence[int] = (1, 2, 2)) -> None:
         super().__init__()
         if len(channels) != len(strides) or not channels:
@@ -56,7 +56,7 @@ class ConvStem(nn.Module):
                        nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
             c_in = c_out
         self.convs = nn.Sequential(*layers)
-        self.proj = nn.Conv2d(c_in, embed_dim, kernel_size=1)
+        self.proj = nn.Conv2d(c_in, dim, kernel_size=1)
 
     def forward(self, images: Tensor) -> Tensor:
         if images.ndim != 4 or images.shape[1] != self.in_channels or tuple(images.shape[2:]) != self.image_size:
@@ -80,6 +80,8 @@ class HybridViT(VisionTransformer):
 
     The stem's strides must multiply to ``config.patch_size``, so the token grid, and with it the class
     token, the position embedding and the encoder, are exactly those of the plain ViT with that config.
+    The stem goes in through ``VisionTransformer``'s ``embed_layer`` hook, so no patch embedding is
+    built and thrown away.
 
     Args:
         config: a :class:`ViTConfig` or a size name, as for ``VisionTransformer``.
@@ -93,22 +95,22 @@ class HybridViT(VisionTransformer):
 
     def __init__(self, config: ViTConfig | str | None = None, *, stem_channels: Sequence[int] = (32, 64, 128),
                  stem_strides: Sequence[int] = (1, 2, 2), **overrides: Any) -> None:
-        if isinstance(config, str):
-            config = vit_config(config)
-        super().__init__(config, **overrides)
-        c = self.config
-        stride = math.prod(stem_strides)
-        if stride != c.patch_size:
-            raise ValueError(f"the stem's strides {tuple(stem_strides)} downsample by {stride}, but the config's "
-                             f"patch_size is {c.patch_size}: the token grid and the position embedding would not "
-                             f"match. Make the strides multiply to {c.patch_size} (e.g. (1, 2, 2) for 4), or set "
-                             f"patch_size={stride}")
-        self.patch_embed = ConvStem(image_size=c.image_size, in_channels=c.in_channels, embed_dim=c.dim,
-                                    channels=stem_channels, strides=stem_strides)
-        self.init_weights()  # the ViT initialisation, with the stem's 1x1 `proj` in the patch projection's place
+        def stem(c: ViTConfig) -> ConvStem:
+            stride = math.prod(stem_strides)
+            if stride != c.patch_size:
+                raise ValueError(f"the stem's strides {tuple(stem_strides)} downsample by {stride}, but the "
+                                 f"config's patch_size is {c.patch_size}: the token grid and the position "
+                                 f"embedding would not match. Make the strides multiply to {c.patch_size} "
+                                 f"(e.g. (1, 2, 2) for 4), or set patch_size={stride}")
+            return ConvStem(image_size=c.image_size, in_channels=c.in_channels, dim=c.dim,
+                            channels=stem_channels, strides=stem_strides)
+
+        # the ViT initialisation then treats the stem's 1x1 `proj` as the patch projection
+        super().__init__(config, embed_layer=stem, **overrides)
 
     def macs(self) -> int:
-        """Multiply-accumulates of one forward pass for one image: the ViT's, with the stem for the patch embedding."""
+        """Multiply-accumulates of one forward pass for one image: the ViT's, with the stem for the
+        patch embedding."""
         c = self.config
         patch_embed = c.num_patches * c.in_channels * c.patch_size ** 2 * c.dim
         return c.macs() - patch_embed + self.patch_embed.macs()

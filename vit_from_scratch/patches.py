@@ -1,7 +1,7 @@
 """Chapter 1: an image as a sequence of patch tokens.
 
 Letters used in shape comments: B batch, C channels, H/W image height/width, P patch size,
-h/w = H/P, W/P patches per column/row, N = h*w patches, D embedding width.
+h/w = H/P, W/P patches per column/row, N = h*w patches, D embedding width (``dim``).
 """
 
 from __future__ import annotations
@@ -94,14 +94,14 @@ class PatchEmbedding(nn.Module):
     """
 
     def __init__(self, *, image_size: int | tuple[int, int] = 224, patch_size: int = 16,
-                 in_channels: int = 3, embed_dim: int = 768) -> None:
+                 in_channels: int = 3, dim: int = 768) -> None:
         super().__init__()
         self.image_size = to_2tuple(image_size)
         self.patch_size = patch_size
         self.in_channels = in_channels
         self.grid_size = check_patch_grid(self.image_size, patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, images: Tensor) -> Tensor:
         _check_images(images)

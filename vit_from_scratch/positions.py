@@ -12,8 +12,8 @@ from torch import Tensor, nn
 
 from .patches import to_2tuple
 
-__all__ = ["learned_pos_embed", "sincos_pos_embed_1d", "sincos_pos_embed_2d", "resize_pos_embed",
-           "position_similarity"]
+__all__ = ["truncated_normal_", "learned_pos_embed", "sincos_pos_embed_1d", "sincos_pos_embed_2d",
+           "resize_pos_embed", "position_similarity"]
 
 _INTERPOLATING_MODES = ("bilinear", "bicubic")
 
@@ -23,6 +23,15 @@ def _check_grid(grid_size: int | tuple[int, int], name: str) -> tuple[int, int]:
     if h <= 0 or w <= 0:
         raise ValueError(f"{name} must be positive (rows, columns) of patches, got {(h, w)}")
     return h, w
+
+
+def truncated_normal_(tensor: Tensor, std: float) -> Tensor:
+    """Fill ``tensor`` in place with N(0, std²), redrawing values outside ±2·std; return it.
+
+    The cut-off is in units of ``std``, unlike ``nn.init.trunc_normal_``'s default absolute ±2. The
+    ViT initialisation (learned positions here, linear layers in chapter 5) uses it.
+    """
+    return nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
 
 
 def learned_pos_embed(num_tokens: int, dim: int, std: float = 0.02) -> nn.Parameter:
@@ -43,7 +52,7 @@ def learned_pos_embed(num_tokens: int, dim: int, std: float = 0.02) -> nn.Parame
         raise ValueError(f"a position embedding needs a positive token count and width, got "
                          f"num_tokens={num_tokens}, dim={dim}")
     param = nn.Parameter(torch.zeros(1, num_tokens, dim))
-    nn.init.trunc_normal_(param, std=std, a=-2 * std, b=2 * std)
+    truncated_normal_(param, std)
     return param
 
 

@@ -7,7 +7,7 @@ relative position bias inside each window, and merges 2 x 2 neighbouring tokens 
 a pyramid of fewer, wider tokens.
 
 Letters: B batch, H/W token grid height/width, C channels, M window side, A = M*M tokens per window,
-nW = (H/M)(W/M) windows per image, h heads, d = C/h width per head, s shift.
+nW = (H/M)(W/M) windows per image, nh heads, d = C/nh width per head, s shift.
 Token maps are channels-last, (B, H, W, C), as in Swin and timm.
 """
 
@@ -156,8 +156,8 @@ def relative_position_index(window_size: int) -> Tensor:
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside each window, with a relative position bias (W-MSA / SW-MSA).
 
-    ``softmax(q kᵀ / sqrt(d) + B + mask) v`` where ``B[h, i, j] = table[index[i, j], h]`` is a learned
-    bias per head and relative offset, and ``mask`` is ``-inf`` for the pairs
+    ``softmax(q kᵀ / sqrt(d) + bias + mask) v`` where ``bias[n, i, j] = table[index[i, j], n]`` is a
+    learned bias per head n and relative offset, and ``mask`` is ``-inf`` for the pairs
     :func:`shifted_window_mask` blocks (Liu et al., 2021, eq. 4). Parameter names are timm's
     (``qkv``, ``proj``, ``relative_position_bias_table``), so weights copy over with ``load_state_dict``.
 
@@ -172,7 +172,7 @@ class WindowAttention(nn.Module):
         super().__init__()
         if dim <= 0 or num_heads <= 0 or dim % num_heads:
             raise ValueError(f"the width {dim} must be divisible by the number of heads {num_heads}; for width "
-                             f"{dim} try heads in {[h for h in range(1, min(dim, 16) + 1) if dim % h == 0]}")
+                             f"{dim} try heads in {[n for n in range(1, min(dim, 16) + 1) if dim % n == 0]}")
         if window_size < 1:
             raise ValueError(f"window_size must be a positive integer, got {window_size}")
         self.dim, self.num_heads, self.window_size = dim, num_heads, window_size
@@ -187,11 +187,11 @@ class WindowAttention(nn.Module):
         """The bias added to every window's scores, looked up from the table.
 
         Shape:
-            -> (h, A, A)
+            -> (nh, A, A)
         """
         A = self.window_size ** 2
-        bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]  # (A*A, h)
-        return bias.reshape(A, A, self.num_heads).permute(2, 0, 1)  # (A, A, h) -> (h, A, A)
+        bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]  # (A*A, nh)
+        return bias.reshape(A, A, self.num_heads).permute(2, 0, 1)  # (A, A, nh) -> (nh, A, A)
 
     def forward(self, x: Tensor, mask: Tensor | None = None,
                 return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
@@ -200,23 +200,23 @@ class WindowAttention(nn.Module):
                              f"(window {self.window_size}x{self.window_size}, width {self.dim}), got "
                              f"{tuple(x.shape)}; cut token maps with window_partition first")
         Bw, A, C = x.shape
-        h, d = self.num_heads, self.head_dim
-        qkv = self.qkv(x).reshape(Bw, A, 3, h, d)  # (Bw, A, 3C) -> (Bw, A, 3, h, d)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (3, Bw, h, A, d) -> 3 x (Bw, h, A, d)
-        bias = self.relative_position_bias().unsqueeze(0)  # (1, h, A, A)
+        nh, d = self.num_heads, self.head_dim
+        qkv = self.qkv(x).reshape(Bw, A, 3, nh, d)  # (Bw, A, 3C) -> (Bw, A, 3, nh, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (3, Bw, nh, A, d) -> 3 x (Bw, nh, A, d)
+        bias = self.relative_position_bias().unsqueeze(0)  # (1, nh, A, A)
         if mask is not None:
             nW = mask.shape[0]
             if mask.shape != (nW, A, A) or Bw % nW:
                 raise ValueError(f"mask must be (nW, {A}, {A}) with nW dividing the {Bw} windows, "
                                  f"got {tuple(mask.shape)}; build it with shifted_window_mask")
             blocked = torch.zeros(mask.shape, dtype=bias.dtype, device=x.device).masked_fill(mask, float("-inf"))
-            bias = bias.unsqueeze(1) + blocked[None, :, None]  # (1, 1, h, A, A) + (1, nW, 1, A, A)
-            bias = bias.expand(Bw // nW, nW, h, A, A).reshape(Bw, h, A, A)  # (B, nW, h, A, A) -> (Bw, h, A, A)
+            bias = bias.unsqueeze(1) + blocked[None, :, None]  # (1, 1, nh, A, A) + (1, nW, 1, A, A)
+            bias = bias.expand(Bw // nW, nW, nh, A, A).reshape(Bw, nh, A, A)  # (B, nW, nh, A, A) -> (Bw, nh, A, A)
         if return_attention:
-            out, weights = attention(q, k, v, bias=bias)  # (Bw, h, A, d), weights (Bw, h, A, A)
+            out, weights = attention(q, k, v, bias=bias)  # (Bw, nh, A, d), weights (Bw, nh, A, A)
         else:
             out, weights = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype)), None
-        out = self.proj(out.transpose(1, 2).reshape(Bw, A, C))  # (Bw, h, A, d) -> (Bw, A, h, d) -> (Bw, A, C)
+        out = self.proj(out.transpose(1, 2).reshape(Bw, A, C))  # (Bw, nh, A, d) -> (Bw, A, nh, d) -> (Bw, A, C)
         return (out, weights) if return_attention else out
 
     def extra_repr(self) -> str:
@@ -310,16 +310,17 @@ def msa_macs(H: int, W: int, dim: int, window_size: int | None = None, *, projec
     return (4 * n * dim * dim if projections else 0) + 2 * n * keys * dim
 
 
-def pyramid_costs(*, image_size: int = 224, patch_size: int = 4, embed_dim: int = 96,
+def pyramid_costs(*, image_size: int = 224, patch_size: int = 4, dim: int = 96,
                   depths: tuple[int, ...] = (2, 2, 6, 2), window_size: int = 7, mlp_ratio: float = 4.0,
                   in_channels: int = 3, num_classes: int = 1000) -> list[dict]:
     """Tokens, channels and multiply-accumulates of each stage of a Swin-style pyramid, for one image.
 
-    Stage 1 runs on the ``(image_size / patch_size)²`` patch grid with ``embed_dim`` channels; every later
-    stage starts with a :class:`PatchMerging` (4x fewer tokens, 2x the channels). Each block costs
-    :func:`msa_macs` (windowed) plus its MLP, ``2 · N · C · mlp_ratio·C``. The patch embedding is counted
-    in stage 1, the merging in the stage it starts, and the classifier head in the last stage. A window
-    larger than the grid shrinks to the grid, as in Swin. Defaults: Swin-T at 224 px.
+    Stage 1 runs on the ``(image_size / patch_size)²`` patch grid with ``dim`` channels (timm's
+    ``embed_dim``); every later stage starts with a :class:`PatchMerging` (4x fewer tokens, 2x the
+    channels). Each block costs :func:`msa_macs` (windowed) plus its MLP, ``2 · N · C · mlp_ratio·C``.
+    The patch embedding is counted in stage 1, the merging in the stage it starts, and the classifier
+    head in the last stage. A window larger than the grid shrinks to the grid, as in Swin. Defaults:
+    Swin-T at 224 px.
 
     Returns:
         one dict per stage: ``stage, grid, tokens, channels, window, depth, attention_macs`` (the
@@ -328,7 +329,7 @@ def pyramid_costs(*, image_size: int = 224, patch_size: int = 4, embed_dim: int 
     side = image_size // patch_size
     if side * patch_size != image_size:
         raise ValueError(f"patch_size {patch_size} must divide image_size {image_size}")
-    C, stages = embed_dim, []
+    C, stages = dim, []
     for i, depth in enumerate(depths):
         macs = side * side * in_channels * patch_size * patch_size * C if i == 0 else 0  # patch embedding
         if i > 0:
