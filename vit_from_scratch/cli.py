@@ -19,7 +19,7 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
-from .checkpoints import check_export_name
+from .checkpoints import WEIGHTS_DIR, check_export_name
 from .recipe import PRESETS, TrainConfig, preset
 from .runtime import environment_report, pick_device
 from .training import export_weights, fit, prepare_out_dir
@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--export", default=None, metavar="NAME",
                         help="after training, also write weights-only NAME.pt and NAME.json into the package "
                              "(a plain name, no folders)")
+    parser.add_argument("--export-dir", type=Path, default=WEIGHTS_DIR, metavar="DIR",
+                        help="where --export writes (default: the package's weights folder, where "
+                             "load_trained_model looks)")
     parser.add_argument("--overwrite-export", action="store_true",
                         help="let --export replace existing weights of that name (the shipped ones included)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
@@ -97,7 +100,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         return 2
     device = pick_device(args.device)
     if args.export:
-        check_export_name(args.export, overwrite=args.overwrite_export)
+        check_export_name(args.export, args.export_dir, overwrite=args.overwrite_export)
     prepare_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
     print(environment_report(device))
     print("config:", json.dumps(config.to_dict()))
@@ -117,8 +120,8 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
             print(f"error: nothing to export: no checkpoint was written to {args.out} (no epoch was trained); "
                   "to export a finished run, add --resume", file=sys.stderr)
             return 1
-        path = export_weights(result.checkpoint, args.export, overwrite=args.overwrite_export,
-                              note=f"python -m vit_from_scratch.cli {' '.join(argv)}")
+        path = export_weights(result.checkpoint, args.export, directory=args.export_dir,
+                              overwrite=args.overwrite_export, note=f"python -m vit_from_scratch.cli {' '.join(argv)}")
         print(f"exported {path}")
     return 0
 

@@ -127,8 +127,9 @@ def _training_data(config: TrainConfig, train_set: ImageSet | None,
     return train_set, test_set
 
 
-# Fields that may differ between a checkpoint and the run resuming it.
-_RESUMABLE_CHANGES = {"num_workers"}
+# Fields that may differ between a checkpoint and the run resuming it: how many workers, and where to stop
+# (the schedule spans all epochs whatever max_steps says; `--resume --max-steps 0 --export` exports a run).
+_RESUMABLE_CHANGES = {"num_workers", "max_steps"}
 
 
 def _config_differences(saved: Mapping[str, Any], config: TrainConfig) -> list[str]:

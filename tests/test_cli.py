@@ -1,0 +1,99 @@
+"""The command line (``python -m vit_from_scratch.cli``, old name ``vit_from_scratch.train``): one clear line
+per error, tracebacks only with --debug, Ctrl-C, and the export (issue 13, items 3, 5, 10, 11)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from _tiny_runs import TINY_MODEL, write_image_folder
+from vit_from_scratch import cli
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_image_folder(tmp_path_factory.mktemp("data"))
+
+
+def _args(data_dir, out, *more):
+    return ["--data-dir", str(data_dir), "--out", str(out), "--device", "cpu", "--model", json.dumps(TINY_MODEL),
+            "--epochs", "1", "--low-res-epochs", "0", "--batch-size", "16", "--no-progress", *more]
+
+
+def _errors(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_the_old_module_name_still_runs_the_command_line():
+    done = subprocess.run([sys.executable, "-m", "vit_from_scratch.train", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "--resume" in done.stdout and "--overwrite" in done.stdout
+
+
+@pytest.mark.parametrize("case", ["data folder", "model field", "cuda", "batch", "subset", "export name"])
+def test_errors_are_one_clear_line_without_a_traceback(tmp_path, data_dir, capsys, case):
+    """Issue 13.10 (and 13.5, 13.11 as the command line reports them)."""
+    out = tmp_path / "run"
+    args, code, expected = {
+        "data folder": (_args(tmp_path / "missing", out), 1, "missing"),
+        "model field": (_args(data_dir, out, "--model", '{"depht": 2}'), 2, "unknown ViTConfig field"),
+        "cuda": (_args(data_dir, out, "--device", "cuda"), 1, "CUDA is not available"),
+        "batch": (_args(data_dir, out, "--batch-size", "500"), 1, "96 training images"),
+        "subset": (_args(data_dir, out, "--train-subset", "0"), 2, "train_subset must be a positive"),
+        "export name": (_args(data_dir, out, "--export", "../elsewhere"), 1, "plain name"),
+    }[case]
+    if case == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert cli.main(args) == code
+    err = _errors(capsys)
+    assert err.startswith("error:") and expected in err, err
+    assert not (out / "last.pt").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path, data_dir):
+    with pytest.raises(FileNotFoundError):
+        cli.main(_args(tmp_path / "missing", tmp_path / "run", "--debug"))
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, data_dir, capsys, monkeypatch):
+    """Issue 13.10: Ctrl-C prints one line and exits 130."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "fit", interrupted)
+    assert cli.main(_args(data_dir, tmp_path / "run")) == 130
+    assert "interrupted; resume with --resume" in _errors(capsys)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(_args(data_dir, tmp_path / "run", "--debug"))
+
+
+def test_a_new_run_into_a_used_folder_needs_resume_or_overwrite(tmp_path, data_dir, capsys):
+    """Issue 13.3 on the command line."""
+    out = tmp_path / "run"
+    assert cli.main(_args(data_dir, out)) == 0
+    before = (out / "last.pt").read_bytes()
+    assert cli.main(_args(data_dir, out, "--seed", "1")) == 1
+    err = _errors(capsys)
+    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert (out / "last.pt").read_bytes() == before
+    assert cli.main(_args(data_dir, out, "--seed", "1", "--overwrite")) == 0
+    assert (out / "last.pt").read_bytes() != before
+
+
+def test_export_with_no_steps(tmp_path, data_dir, capsys):
+    """Issue 13.10: ``--max-steps 0 --export`` without --resume explains itself (no 'drop --resume');
+    with --resume it exports the finished run; the name must be plain and existing weights are kept."""
+    out, weights = tmp_path / "run", tmp_path / "weights"
+    export = ["--export", "tiny", "--export-dir", str(weights)]
+    assert cli.main(_args(data_dir, out, "--max-steps", "0", *export)) == 1
+    err = _errors(capsys)
+    assert "nothing to export" in err and "drop --resume" not in err
+    assert cli.main(_args(data_dir, out)) == 0
+    assert cli.main(_args(data_dir, out, "--resume", "--max-steps", "0", *export)) == 0
+    assert (weights / "tiny.pt").exists() and (weights / "tiny.json").exists()
+    assert cli.main(_args(data_dir, out, "--resume", "--max-steps", "0", *export)) == 1
+    assert "--overwrite-export" in _errors(capsys)
+    assert cli.main(_args(data_dir, out, "--resume", "--max-steps", "0", *export, "--overwrite-export")) == 0
