@@ -177,7 +177,7 @@ class ViTConfig:
     def replace(self, **changes: Any) -> ViTConfig:
         """A copy with some fields changed (checked, like a new config), e.g. ``c.replace(depth=6)``."""
         _check_field_names(changes, "ViTConfig.replace")
-        return replace(self, **changes) if changes else self
+        return replace(self, **changes)
 
     @classmethod
     def named(cls, name: str, **overrides: Any) -> ViTConfig:

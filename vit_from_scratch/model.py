@@ -40,7 +40,7 @@ def _resolve_config(config: ViTConfig | str | None, overrides: Mapping[str, Any]
     if not isinstance(config, ViTConfig):
         raise TypeError(f"expected a ViTConfig or a size name, got {type(config).__name__}; "
                         "for a dict use ViTConfig.from_dict(d)")
-    return config.replace(**overrides)
+    return config.replace(**overrides) if overrides else config
 
 
 class VisionTransformer(nn.Module):
