@@ -229,8 +229,9 @@ def _start(config: TrainConfig, train_set: ImageSet, test_set: ImageSet, device:
     state = load_checkpoint(run.checkpoint)
     needed = {"model", "optimizer", "scheduler", "scaler", "loader", "rng", "epoch", "step", "history", "config"}
     if not needed <= set(state):
-        raise CheckpointError(f"{run.checkpoint} is not a training checkpoint (it lacks {sorted(needed - set(state))}); "
-                              "resume from another run's last.pt, or start over with --overwrite")
+        raise CheckpointError(f"{run.checkpoint} is not a training checkpoint (it lacks "
+                              f"{sorted(needed - set(state))}); resume from another run's last.pt, or start over "
+                              "with --overwrite")
     diffs = _config_differences(state["config"], config)
     if diffs:
         raise ValueError(f"{run.checkpoint} was written by a run with another configuration:\n  " + "\n  ".join(diffs)
