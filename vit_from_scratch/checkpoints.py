@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .model import ViTConfig, VisionTransformer
+from .config import ViTConfig
+from .model import VisionTransformer
 from .runtime import pick_device
 
 __all__ = [

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .model import ViTConfig
+from .config import ViTConfig
 
 __all__ = ["TrainConfig", "Phase", "PRESETS", "preset", "param_groups", "warmup_cosine", "build_optimizer",
            "autocast_dtype"]
