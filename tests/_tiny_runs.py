@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from vit_from_scratch.data import ImageSet
-from vit_from_scratch.training import TrainConfig
+from vit_from_scratch.recipe import TrainConfig
 
 TINY_MODEL = dict(image_size=16, patch_size=4, num_classes=3, dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
 

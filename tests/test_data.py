@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vit_from_scratch.data import (Augment, BatchLoader, ImageSet, WorkerLoader, channel_stats, check_classes,
-                                   default_data_dir, find_image_folder, load_cifar10, load_image_folder, make_loader,
-                                   mixup_cutmix, normalize)
+from vit_from_scratch.data import (ImageSet, channel_stats, check_classes, default_data_dir, find_image_folder,
+                                   load_cifar10, load_image_folder, normalize)
+from vit_from_scratch.loaders import Augment, BatchLoader, WorkerLoader, make_loader, mixup_cutmix
 
 
 def _write_tree(root, classes=("cat", "dog", "frog"), per_class=4, size=8, suffix=".png"):

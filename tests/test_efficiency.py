@@ -6,11 +6,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vit_from_scratch.attention import attention
-from vit_from_scratch.data import ImageSet
 from vit_from_scratch.efficiency import (SavedTensorMemory, TensorMemoryTracker, attention_matrix_bytes,
                                          autocast_works, peak_memory)
 from vit_from_scratch.model import ViTConfig, VisionTransformer
-from vit_from_scratch.positions import resize_pos_embed
 
 from _helpers import randomise
 

@@ -8,11 +8,12 @@ import torch
 
 from _tiny_runs import TEST, TINY_MODEL, TRAIN, tiny_config, write_image_folder
 from vit_from_scratch import cli
-from vit_from_scratch.data import ImageSet, default_data_dir, find_image_folder, load_image_folder, make_loader
+from vit_from_scratch.data import ImageSet, default_data_dir, find_image_folder, load_image_folder
+from vit_from_scratch.loaders import make_loader
 from vit_from_scratch.model import VisionTransformer
-from vit_from_scratch.training import (NonFiniteLossError, TrainConfig, build_optimizer, evaluate, export_weights,
-                                       fit, load_checkpoint, load_trained_model, param_groups, preset,
-                                       save_checkpoint, warmup_cosine)
+from vit_from_scratch.checkpoints import export_weights, load_checkpoint, load_trained_model, save_checkpoint
+from vit_from_scratch.recipe import TrainConfig, build_optimizer, param_groups, preset, warmup_cosine
+from vit_from_scratch.training import NonFiniteLossError, evaluate, fit
 
 _config = tiny_config
 
@@ -131,6 +132,12 @@ def test_class_count_mismatch_is_explained():
     with pytest.raises(ValueError, match="num_classes"):
         fit(_config(model={**TINY_MODEL, "num_classes": 10}), train_set=TRAIN, test_set=TEST, device="cpu",
             progress=False, log=None)
+
+
+def test_fit_refuses_a_test_set_whose_classes_differ_from_the_training_set():
+    renamed = ImageSet(TEST.images, TEST.labels, ("a", "b", "z"), "renamed")
+    with pytest.raises(ValueError, match="missing c; not in the training split: z"):
+        fit(_config(), train_set=TRAIN, test_set=renamed, device="cpu", progress=False, log=None)
 
 
 def test_config_errors_and_presets():

@@ -19,10 +19,10 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
-from .checkpoints import WEIGHTS_DIR, check_export_name
+from .checkpoints import WEIGHTS_DIR, check_export_name, export_weights
 from .recipe import PRESETS, TrainConfig, preset
 from .runtime import environment_report, pick_device
-from .training import export_weights, fit, prepare_out_dir
+from .training import fit, prepare_out_dir
 
 # What a run can meet that is the user's to fix (a folder, a file, an option, a device, a NaN):
 # one line each; --debug shows the traceback.

@@ -1,8 +1,7 @@
 """Chapter 6: data. CIFAR-10 (or any image-folder data set) held in memory, augmented in batches.
 
 Images are decoded once into one ``uint8`` tensor (B, C, H, W) and kept there: on a GPU the whole
-set lives on the device and every augmentation runs on whole batches, as the fastest CIFAR-10
-trainers do. Per-sample policies (TrivialAugment, RandAugment) run in DataLoader worker processes.
+set lives on the device. Augmentation and batching live in :mod:`vit_from_scratch.loaders`.
 
 Where the data comes from (``VIT_DATA_DIR``, else ``~/.cache/vit_from_scratch/data``):
 
@@ -14,10 +13,9 @@ Where the data comes from (``VIT_DATA_DIR``, else ``~/.cache/vit_from_scratch/da
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +28,7 @@ from .runtime import network_available
 
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "ImageSet", "default_data_dir", "find_image_folder",
-    "load_image_folder", "check_classes", "load_cifar10", "channel_stats", "Augment", "BatchLoader", "WorkerLoader",
-    "make_loader", "mixup_cutmix", "normalize", "resize_images",
+    "load_image_folder", "check_classes", "load_cifar10", "channel_stats", "normalize", "resize_images",
 ]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -305,7 +302,7 @@ def channel_stats(images: Tensor, batch: int = 4096) -> tuple[tuple[float, ...],
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-# --------------------------------------------------------------------------- augmentation in batches
+# --------------------------------------------------------------------------- what the model sees
 
 
 def normalize(images: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:
@@ -320,239 +317,6 @@ def normalize(images: Tensor, mean: Sequence[float] | Tensor, std: Sequence[floa
     mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     return (x - mean) / std
-
-
-class Augment:
-    """Batched augmentation of uint8 images on their own device: random crop with zero padding and
-    horizontal flip, drawn independently for every image, then normalisation to float.
-
-    ``policy`` ("trivialaugment" or "randaugment") adds torchvision's per-image policy, applied
-    image by image (use :class:`WorkerLoader` on a CPU to spread that over worker processes).
-    """
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float], *, train: bool, padding: int = 4,
-                 flip: bool = True, policy: str | None = None) -> None:
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        self.train, self.padding, self.flip = train, padding, flip
-        self.policy = _policy(policy) if train else None
-
-    def geometric(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Random crop (with ``padding``) and flip, per image, in one batched gather. uint8 in, uint8 out."""
-        B, C, H, W = images.shape
-        p = self.padding
-        if p:
-            padded = F.pad(images, (p, p, p, p))  # (B, C, H+2p, W+2p), zeros outside
-            dy = torch.randint(0, 2 * p + 1, (B,), generator=generator, device="cpu").to(images.device)
-            dx = torch.randint(0, 2 * p + 1, (B,), generator=generator, device="cpu").to(images.device)
-            rows = (dy.view(B, 1) + torch.arange(H, device=images.device)).view(B, 1, H, 1).expand(B, C, H, W + 2 * p)
-            images = padded.gather(2, rows)  # (B, C, H, W+2p)
-            cols = (dx.view(B, 1) + torch.arange(W, device=images.device)).view(B, 1, 1, W).expand(B, C, H, W)
-            images = images.gather(3, cols)  # (B, C, H, W)
-        if self.flip:
-            flip = torch.rand(B, generator=generator, device="cpu").to(images.device) < 0.5
-            images = torch.where(flip.view(B, 1, 1, 1), images.flip(3), images)
-        return images
-
-    def normalize(self, images: Tensor) -> Tensor:
-        """uint8 (B, C, H, W) -> float32, standardised with the data set's mean and std."""
-        return normalize(images, self.mean, self.std)
-
-    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        if self.train:
-            images = self.geometric(images, generator)
-            if self.policy is not None:
-                images = torch.stack([self.policy(im) for im in images])
-        return self.normalize(images)
-
-
-def _policy(name: str | None):
-    if name is None or name == "none":
-        return None
-    from torchvision.transforms import v2
-
-    policies = {"trivialaugment": v2.TrivialAugmentWide, "randaugment": v2.RandAugment,
-                "autoaugment": v2.AutoAugment}
-    if name not in policies:
-        raise ValueError(f"unknown augmentation policy {name!r}; choose one of {sorted(policies)} or 'none'")
-    return policies[name]()
-
-
-class BatchLoader:
-    """Batches straight from an in-memory :class:`ImageSet` (on any device), augmented in batches.
-
-    Every epoch draws a new permutation from its own generator, so a run is reproducible and
-    resumable: ``state_dict()`` holds the generator state.
-    """
-
-    def __init__(self, data: ImageSet, batch_size: int, augment: Augment, *, shuffle: bool,
-                 drop_last: bool = False, seed: int = 0, device: torch.device | str | None = None) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.data = data.to(device) if device is not None else data
-        self.batch_size, self.augment, self.shuffle, self.drop_last = batch_size, augment, shuffle, drop_last
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        n = len(self.data)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        n = len(self.data)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        order = order.to(self.data.images.device)
-        for i in range(len(self)):
-            index = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield self.augment(self.data.images[index], self.generator), self.data.labels[index]
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if "generator" not in state:  # a WorkerLoader's state: the run moved between CPU and GPU
-            warnings.warn("this loader state was written by a WorkerLoader (a per-image policy on a CPU): the "
-                          "epochs from here on draw new orders and crops (the run stays valid, not bit-identical)",
-                          stacklevel=2)
-            self.generator.manual_seed(_epoch_seed(int(state["seed"]), int(state["epoch"])))
-            return
-        self.generator.set_state(state["generator"])
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """One 63-bit seed from (run seed, epoch), with no collisions between e.g. (1, 0) and (0, 1)."""
-    digest = hashlib.sha256(f"vit_from_scratch:{seed}:{epoch}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-class _EpochSampler(torch.utils.data.Sampler):
-    """Yields ``(index, image seed)`` pairs for one epoch, all drawn from (run seed, epoch) alone.
-
-    It runs in the main process, so the seeds reach the workers with the indices: the augmentation of an
-    image depends on neither which worker draws it nor how long that worker has lived.
-    """
-
-    def __init__(self, n: int, shuffle: bool) -> None:
-        self.n, self.shuffle = n, shuffle
-        self.seed, self.epoch = 0, 0
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
-        order = torch.randperm(self.n, generator=generator) if self.shuffle else torch.arange(self.n)
-        seeds = torch.randint(0, 2**62, (self.n,), generator=generator)
-        return iter(zip(order.tolist(), seeds.tolist()))
-
-
-class _PolicyDataset(torch.utils.data.Dataset):
-    def __init__(self, data: ImageSet, augment: Augment) -> None:
-        self.data, self.augment = data, augment
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        i, seed = item
-        # The policies draw from torch's global generator: seed it per image, and leave the caller's
-        # stream untouched (with num_workers=0 this runs in the main process).
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            image = self.augment.geometric(self.data.images[i:i + 1])[0]
-            if self.augment.policy is not None:
-                image = self.augment.policy(image)
-        return image, self.data.labels[i]
-
-
-class WorkerLoader:
-    """A DataLoader over an in-memory :class:`ImageSet` for per-image policies: worker processes crop,
-    flip and apply the policy to uint8 images; normalisation happens batched in the main process.
-
-    Resumable exactly: the order and every image's random draws come from (``seed``, epoch), never from
-    a worker's running random state, so ``state_dict()`` is just the seed and the number of epochs begun,
-    and the batches do not depend on ``num_workers``.
-    """
-
-    def __init__(self, data: ImageSet, batch_size: int, augment: Augment, *, shuffle: bool,
-                 drop_last: bool = False, seed: int = 0, num_workers: int | None = None) -> None:
-        if num_workers is None:
-            num_workers = max(1, min(4, (os.cpu_count() or 2) - 1))
-        self.augment, self.seed, self.epoch = augment, seed, 0
-        self.sampler = _EpochSampler(len(data), shuffle)
-        # The loader's own generator only feeds torch's (unused) worker base seed, not the global stream.
-        self.loader = torch.utils.data.DataLoader(
-            _PolicyDataset(data, augment), batch_size=batch_size, sampler=self.sampler, drop_last=drop_last,
-            num_workers=num_workers, generator=torch.Generator().manual_seed(seed),
-            persistent_workers=num_workers > 0)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        self.sampler.seed, self.sampler.epoch = self.seed, self.epoch
-        self.epoch += 1  # counted when the epoch begins, so a partly read epoch is not repeated
-        batches = iter(self.loader)  # the sampler's order and seeds are drawn now
-        return ((self.augment.normalize(images), labels) for images, labels in batches)
-
-    def state_dict(self) -> dict:
-        return {"seed": self.seed, "epoch": self.epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        if "epoch" not in state:  # a checkpoint from before exact resume: a generator's state only
-            warnings.warn("this loader state predates exact resume with worker processes: the epochs from here "
-                          "on draw new crops, flips and policies (the run stays valid, not bit-identical)",
-                          stacklevel=2)
-            generator = torch.Generator()
-            generator.set_state(state["generator"])
-            self.seed, self.epoch = int(torch.randint(0, 2**62, (), generator=generator)), 0
-            return
-        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
-
-
-def make_loader(data: ImageSet, batch_size: int, *, train: bool, mean: Sequence[float], std: Sequence[float],
-                device: torch.device | str = "cpu", policy: str | None = None, padding: int = 4,
-                flip: bool = True, seed: int = 0, num_workers: int | None = None) -> BatchLoader | WorkerLoader:
-    """The right loader for the job.
-
-    * test, or no per-image policy, or a GPU: :class:`BatchLoader` (data on ``device``, batched
-      augmentation there; a per-image policy then runs on the device too);
-    * training with a per-image policy on a CPU: :class:`WorkerLoader` (worker processes; with
-      ``num_workers=0`` in this process, drawing the same batches, so a run may resume with another count).
-    """
-    augment = Augment(mean, std, train=train, padding=padding, flip=flip, policy=policy)
-    device = torch.device(device)
-    if train and augment.policy is not None and device.type == "cpu":
-        return WorkerLoader(data, batch_size, augment, shuffle=True, drop_last=True, seed=seed,
-                            num_workers=num_workers)
-    return BatchLoader(data, batch_size, augment, shuffle=train, drop_last=train, seed=seed, device=device)
-
-
-def mixup_cutmix(images: Tensor, labels: Tensor, num_classes: int, *, mixup_alpha: float = 0.0,
-                 cutmix_alpha: float = 0.0, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """MixUp or CutMix (one chosen at random per batch when both are on): soft targets (B, K).
-
-    With both alphas 0 the batch is returned unchanged with one-hot targets.
-    """
-    targets = F.one_hot(labels, num_classes).float()
-    choices = [m for m, a in (("mixup", mixup_alpha), ("cutmix", cutmix_alpha)) if a > 0]
-    if not choices:
-        return images, targets
-    pick = choices[int(torch.randint(len(choices), (1,), generator=generator))]
-    alpha = mixup_alpha if pick == "mixup" else cutmix_alpha
-    lam = float(torch.distributions.Beta(alpha, alpha).sample())
-    perm = torch.randperm(images.shape[0], generator=generator).to(images.device)
-    if pick == "mixup":
-        mixed = lam * images + (1 - lam) * images[perm]
-    else:
-        H, W = images.shape[-2:]
-        cut_h, cut_w = int(H * math.sqrt(1 - lam)), int(W * math.sqrt(1 - lam))
-        cy, cx = int(torch.randint(H, (1,), generator=generator)), int(torch.randint(W, (1,), generator=generator))
-        y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, H)
-        x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, W)
-        mixed = images.clone()
-        mixed[..., y0:y1, x0:x1] = images[perm][..., y0:y1, x0:x1]
-        lam = 1 - (y1 - y0) * (x1 - x0) / (H * W)  # the area actually kept
-    return mixed, lam * targets + (1 - lam) * targets[perm]
 
 
 def resize_images(data: ImageSet, size: int, *, chunk: int = 4096) -> ImageSet:

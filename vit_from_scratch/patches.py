@@ -6,7 +6,6 @@ h/w = H/P, W/P patches per column/row, N = h*w patches, D embedding width (``dim
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 __all__ = ["to_2tuple", "check_patch_grid", "patchify", "unpatchify", "PatchEmbedding"]

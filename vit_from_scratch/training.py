@@ -22,21 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoints import (WEIGHTS_DIR, CheckpointError, atomic_write, check_room, check_writable, export_weights,
-                          load_checkpoint, load_trained_model, remove_stale_temporaries, rng_state, save_checkpoint,
-                          set_rng_state)
-from .data import ImageSet, channel_stats, load_cifar10, make_loader, mixup_cutmix, resize_images
+from .checkpoints import (CheckpointError, atomic_write, check_room, check_writable, load_checkpoint,
+                          remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state)
+from .data import ImageSet, channel_stats, check_classes, load_cifar10, resize_images
+from .loaders import make_loader, mixup_cutmix
 from .model import VisionTransformer, to_resolution
-from .recipe import (PRESETS, Phase, TrainConfig, autocast_dtype, build_optimizer, param_groups, preset,
-                     warmup_cosine)
+from .recipe import Phase, TrainConfig, autocast_dtype, build_optimizer
 from .runtime import pick_device
 
-__all__ = [
-    "evaluate", "fit", "FitResult", "NonFiniteLossError", "prepare_out_dir", "RUN_FILES",
-    # re-exported from .recipe and .checkpoints, their homes
-    "TrainConfig", "Phase", "PRESETS", "preset", "param_groups", "warmup_cosine", "build_optimizer", "autocast_dtype",
-    "save_checkpoint", "load_checkpoint", "load_trained_model", "export_weights", "WEIGHTS_DIR", "CheckpointError",
-]
+__all__ = ["evaluate", "fit", "FitResult", "NonFiniteLossError", "prepare_out_dir", "RUN_FILES"]
 
 RUN_FILES = ("last.pt", "history.json")  # what a run writes into its output folder
 
@@ -120,6 +114,7 @@ def _training_data(config: TrainConfig, train_set: ImageSet | None,
         raise ValueError(f"no optimiser step would run: {len(train_set)} training images ({source}) do not fill "
                          f"one batch of {config.batch_size}; use a batch size of at most {max(1, len(train_set))} "
                          "or more training images")
+    check_classes(train_set.classes, test_set.classes, f"the test set ({test_set.source or 'test_set'})")
     num_classes = config.model.num_classes
     if num_classes != len(train_set.classes):
         raise ValueError(f"the model has {num_classes} classes but the data has {len(train_set.classes)} "

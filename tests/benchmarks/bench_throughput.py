@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from vit_from_scratch.model import VisionTransformer, timm_kwargs, vit_config
 from vit_from_scratch.runtime import environment_report, pick_device
-from vit_from_scratch.training import autocast_dtype, preset
+from vit_from_scratch.recipe import autocast_dtype, preset
 
 
 def _sync(device: torch.device) -> None:

@@ -28,7 +28,8 @@ from vit_from_scratch.data import load_cifar10
 from vit_from_scratch.data import resize_images
 from vit_from_scratch.model import to_resolution
 from vit_from_scratch.runtime import environment_report
-from vit_from_scratch.training import fit, preset
+from vit_from_scratch.recipe import preset
+from vit_from_scratch.training import fit
 
 
 def main() -> None:

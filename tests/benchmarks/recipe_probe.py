@@ -27,7 +27,8 @@ def _probe(overrides: dict) -> dict:
     torch.set_num_threads(1)
     from vit_from_scratch.data import load_cifar10
     from vit_from_scratch.runtime import environment_report
-    from vit_from_scratch.training import fit, preset
+    from vit_from_scratch.recipe import preset
+    from vit_from_scratch.training import fit
 
     train_set, test_set = load_cifar10()
     config = preset("cifar10-cpu", **overrides)
