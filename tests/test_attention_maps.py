@@ -290,7 +290,7 @@ def test_principal_components_recover_the_pattern_the_filters_share():
 # --- choosing heads and views -------------------------------------------------------------------
 
 def test_rank_heads_prefers_focused_and_image_specific_maps():
-    maps = torch.full((2, 1, 2, 4), 0.25)  # (B, L, H, N): head 0 uniform everywhere
+    maps = torch.full((2, 1, 2, 4), 0.25)  # (B, L, nh, N): head 0 uniform everywhere
     maps[0, 0, 1] = torch.tensor([0.97, 0.01, 0.01, 0.01])  # head 1 looks at patch 0 in image 0 ...
     maps[1, 0, 1] = torch.tensor([0.01, 0.01, 0.01, 0.97])  # ... and at patch 3 in image 1
     for by in ("focused", "specific"):

@@ -1,6 +1,6 @@
 """Chapter 7: what the model attends to: attention maps, rollout, attention distance, Figure 7.
 
-Letters: B batch, L layers (encoder blocks), H heads, T prefix tokens (1 with a class token, else 0), N = h*w
+Letters: B batch, L layers (encoder blocks), nh heads, T prefix tokens (1 with a class token, else 0), N = h*w
 patches on an (h, w) grid, S = T + N tokens, P patch size in pixels, C channels, D width, K components.
 
 Collecting the weights is opt-in: :class:`AttentionRecorder` hooks every
@@ -109,7 +109,7 @@ class AttentionRecorder:
     fast path again. A recorder can be entered again; each entry starts an empty list.
 
     Shape:
-        ``rec.weights``: one (B, H, S, S) tensor per attention call (per layer, for one forward pass)
+        ``rec.weights``: one (B, nh, S, S) tensor per attention call (per layer, for one forward pass)
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -159,7 +159,7 @@ def collect_attention(model: nn.Module, images: Tensor, *, check: bool = True,
     model computes. The model must be in eval mode, so that dropout does not differ between runs.
 
     Shape:
-        images (B, C, H, W) -> logits (B, K), weights (B, L, H, S, S)
+        images (B, C, H, W) -> logits (B, K), weights (B, L, nh, S, S)
     """
     if model.training:
         raise ValueError("the model is in training mode, where dropout makes every forward pass differ; "
@@ -170,7 +170,7 @@ def collect_attention(model: nn.Module, images: Tensor, *, check: bool = True,
     if len(recorder.weights) != len(recorder.modules):
         raise RuntimeError(f"expected one attention call per module ({len(recorder.modules)}), recorded "
                            f"{len(recorder.weights)}; does the model call a block twice or skip one?")
-    weights = torch.stack(recorder.weights, dim=1)  # L x (B, H, S, S) -> (B, L, H, S, S)
+    weights = torch.stack(recorder.weights, dim=1)  # L x (B, nh, S, S) -> (B, L, nh, S, S)
     if check:
         plain = model(images)
         tol = atol * max(1.0, plain.abs().max().item())
@@ -186,13 +186,13 @@ def fuse_heads(weights: Tensor, how: Fusion = "mean") -> Tensor:
     """Fuse the heads of one or more layers by their mean, maximum or minimum.
 
     Shape:
-        (..., H, S, S) -> (..., S, S)
+        (..., nh, S, S) -> (..., S, S)
     """
     _check_square(weights)
     reduce = {"mean": torch.mean, "max": torch.amax, "min": torch.amin}
     if how not in reduce:
         raise ValueError(f"head fusion must be one of {FUSIONS}, got {how!r}")
-    return reduce[how](weights, dim=-3)  # (..., H, S, S) -> (..., S, S)
+    return reduce[how](weights, dim=-3)  # (..., nh, S, S) -> (..., S, S)
 
 
 def pooled_attention(weights: Tensor, layout: TokenLayout) -> Tensor:
@@ -247,10 +247,10 @@ def attention_rollout(weights: Tensor, *, head_fusion: Fusion = "mean", add_resi
     Computed in float64.
 
     Shape:
-        (B, L, H, S, S) -> (B, L, S, S): entry ``[:, l]`` is the rollout through layers 1..l+1
+        (B, L, nh, S, S) -> (B, L, S, S): entry ``[:, l]`` is the rollout through layers 1..l+1
     """
     if weights.ndim != 5:
-        raise ValueError(f"expected attention weights shaped (B, L, H, S, S) as collect_attention returns, "
+        raise ValueError(f"expected attention weights shaped (B, L, nh, S, S) as collect_attention returns, "
                          f"got {tuple(weights.shape)}; for one image use weights.unsqueeze(0)")
     _check_square(weights)
     _check_rows_sum_to_one(weights, "attention weights given to attention_rollout")
@@ -297,7 +297,7 @@ def mean_attention_distance(weights: Tensor, layout: TokenLayout) -> Tensor:
     :func:`uniform_attention_distance`.
 
     Shape:
-        (..., S, S) -> (...), e.g. (B, L, H, S, S) -> (B, L, H)
+        (..., S, S) -> (...), e.g. (B, L, nh, S, S) -> (B, L, nh)
     """
     _check_square(weights, layout)
     T = layout.num_prefix_tokens
@@ -352,16 +352,16 @@ def rank_heads(maps: Tensor, by: Literal["specific", "focused"] = "specific") ->
     they always look (a fixed corner, the whole image).
 
     Shape:
-        maps (B, L, H, N) -> scores (B, L, H)
+        maps (B, L, nh, N) -> scores (B, L, nh)
     """
     if maps.ndim != 4:
-        raise ValueError(f"expected per-head maps shaped (B, L, H, N), got {tuple(maps.shape)}")
+        raise ValueError(f"expected per-head maps shaped (B, L, nh, N), got {tuple(maps.shape)}")
     p = maps.double().clamp_min(1e-12)
-    p = p / p.sum(dim=-1, keepdim=True)  # (B, L, H, N), each map a distribution over patches
+    p = p / p.sum(dim=-1, keepdim=True)  # (B, L, nh, N), each map a distribution over patches
     if by == "focused":
         return (p * p.log()).sum(dim=-1).float()  # minus the entropy
     if by == "specific":
-        ref = p.mean(dim=0, keepdim=True)  # (1, L, H, N)
+        ref = p.mean(dim=0, keepdim=True)  # (1, L, nh, N)
         return (p * (p.log() - ref.log())).sum(dim=-1).float()  # KL(p || mean over the batch)
     raise ValueError(f"by must be 'specific' or 'focused', got {by!r}")
 
@@ -374,22 +374,22 @@ def attention_view(weights: Tensor, layout: TokenLayout, *, layer: int, head: in
     up to ``layer`` by ``head``, which must then be ``"mean"``, ``"max"`` or ``"min"``.
 
     Shape:
-        (L, H, S, S) -> (h, w)
+        (L, nh, S, S) -> (h, w)
     """
     if weights.ndim != 4:
-        raise ValueError(f"expected one image's weights shaped (L, H, S, S), got {tuple(weights.shape)}; "
+        raise ValueError(f"expected one image's weights shaped (L, nh, S, S), got {tuple(weights.shape)}; "
                          "index the batch first, weights[b]")
-    L, H = weights.shape[:2]
+    L, nh = weights.shape[:2]
     index = layer - 1 if layer > 0 else L + layer
     if not 0 <= index < L:
         raise ValueError(f"layer must be in 1..{L} (or negative from the end), got {layer}")
     if method == "attention":
         if isinstance(head, str):
             a = fuse_heads(weights[index], head)  # (S, S)
-        elif 0 <= head < H:
+        elif 0 <= head < nh:
             a = weights[index, head]  # (S, S)
         else:
-            raise ValueError(f"head must be in 0..{H - 1} or one of {FUSIONS}, got {head!r}")
+            raise ValueError(f"head must be in 0..{nh - 1} or one of {FUSIONS}, got {head!r}")
     elif method == "rollout":
         if head not in FUSIONS:
             raise ValueError(f"rollout combines all heads of every layer; head must be one of {FUSIONS}, "

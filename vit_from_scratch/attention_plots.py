@@ -1,7 +1,7 @@
 """Chapter 7, the pictures: attention maps over images, the gallery, Figure 7, the explorer.
 
 Everything here draws what :mod:`vit_from_scratch.attention_maps` computes (that module never
-imports matplotlib). Letters as there: B batch, L layers, H heads, S tokens, N = h*w patches,
+imports matplotlib). Letters as there: B batch, L layers, nh heads, S tokens, N = h*w patches,
 C channels, K components.
 """
 
@@ -61,7 +61,7 @@ def show_view(image: Tensor, weights: Tensor, layout: TokenLayout, *, layer: int
     """Draw :func:`attention_view` over the image; the explorer widget draws with this too.
 
     Shape:
-        image (C, H, W), weights (L, H, S, S)
+        image (C, H, W), weights (L, nh, S, S)
     """
     grid = attention_view(weights, layout, layer=layer, head=head, method=method)
     layer_shown = layer if layer > 0 else weights.shape[0] + 1 + layer
@@ -77,14 +77,14 @@ def plot_gallery(images: Tensor, weights: Tensor, layout: TokenLayout, titles: l
     draw (default: all), so a large batch gives a fair reference and a few rows a readable figure.
 
     Shape:
-        images (B, C, H, W) in [0, 1], weights (B, L, H, S, S)
+        images (B, C, H, W) in [0, 1], weights (B, L, nh, S, S)
     """
-    B, L, H = weights.shape[:3]
+    B, L, nh = weights.shape[:3]
     _check_batch(images, weights, titles)
     rows = list(range(B)) if rows is None else list(rows)
-    maps = pooled_attention(weights, layout)  # (B, L, H, N)
-    scores = rank_heads(maps, by=by).flatten(1)  # (B, L*H)
-    top = scores[rows].topk(min(num_heads, L * H), dim=1).indices  # (R, k)
+    maps = pooled_attention(weights, layout)  # (B, L, nh, N)
+    scores = rank_heads(maps, by=by).flatten(1)  # (B, L*nh)
+    top = scores[rows].topk(min(num_heads, L * nh), dim=1).indices  # (R, k)
     roll = to_grid(pooled_attention(attention_rollout(weights[rows], head_fusion=head_fusion), layout),
                    layout)  # (R, L, h, w)
     cols = 1 + L + top.shape[1]
@@ -96,7 +96,7 @@ def plot_gallery(images: Tensor, weights: Tensor, layout: TokenLayout, titles: l
             show_attention(images[b], roll[r, layer], axes[r, 1 + layer],
                            f"rollout ≤ {layer + 1}" if r == 0 else None)
         for j, flat in enumerate(top[r].tolist()):
-            layer, head = divmod(flat, H)
+            layer, head = divmod(flat, nh)
             show_attention(images[b], to_grid(maps[b, layer, head], layout), axes[r, 1 + L + j],
                            f"layer {layer + 1} head {head}")
     what = {"specific": "most image-specific", "focused": "most focused"}[by]
@@ -113,7 +113,7 @@ def plot_mean_distance(distance: Tensor, layout: TokenLayout | None = None, ax: 
     With a ``layout``, a dashed line marks the distance of uniform attention over all patches.
 
     Shape:
-        distance (L, H), in pixels
+        distance (L, nh), in pixels
     """
     ax = ax if ax is not None else plt.gca()
     L, H = distance.shape
@@ -198,7 +198,7 @@ def attention_explorer(images: Tensor, weights: Tensor, layout: TokenLayout, tit
     ``method="rollout"`` only the fusions are offered.
 
     Shape:
-        images (B, C, H, W) in [0, 1], weights (B, L, H, S, S)
+        images (B, C, H, W) in [0, 1], weights (B, L, nh, S, S)
     """
     try:
         import ipywidgets as widgets

@@ -1,6 +1,6 @@
 """Chapter 8: measuring what makes a ViT cheap to train — time, activation memory, resolution.
 
-Letters: B batch, C channels, H/W image side, N tokens, D width, h heads.
+Letters: B batch, C channels, H/W image side, N tokens, D width, nh heads.
 
 Timing and memory are measured, never assumed: :func:`~vit_from_scratch.runtime.benchmark` (a shared
 helper, since chapters 3, 6 and 10 time things too) times a function, synchronising a GPU;

@@ -21,7 +21,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vit_from_scratch.model import VisionTransformer, timm_kwargs, vit_config
+from vit_from_scratch.interop import timm_kwargs
+from vit_from_scratch.model import VisionTransformer, vit_config
 from vit_from_scratch.runtime import environment_report, pick_device
 from vit_from_scratch.recipe import autocast_dtype, preset
 
