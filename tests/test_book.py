@@ -78,3 +78,16 @@ def test_every_chapter_is_in_the_toc_and_every_toc_entry_exists():
         assert any((ROOT / f).with_suffix(s).exists() for s in (".md", ".ipynb")), f"_toc.yml names missing {f}"
     for path in CHAPTERS:
         assert f"book/{path.stem}" in files, f"{path.name} is not in _toc.yml"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_code_reads_on_the_online_page(path):
+    """The page cuts code lines longer than 88 characters off, and nbval markers belong in cell tags."""
+    for i, cell in enumerate(_cells(path)):
+        if cell["cell_type"] != "code":
+            continue
+        lines = _source(cell).splitlines()
+        long = [line for line in lines if len(line) > 88]
+        assert not long, f"{path.name} cell {i}: {len(long)} code lines over 88 characters, e.g. {long[0]!r}"
+        markers = [line for line in lines if line.lstrip().startswith("# NBVAL_")]
+        assert not markers, f"{path.name} cell {i}: {markers[0].strip()!r} as a comment; use the cell tag instead"
