@@ -12,25 +12,12 @@ from vit_from_scratch.attention_maps import (AttentionRecorder, TokenLayout, att
                                              collect_attention, fuse_heads, mean_attention_distance,
                                              patch_distances, patch_embedding_components, pooled_attention,
                                              rank_heads, to_grid, uniform_attention_distance)
-from vit_from_scratch.model import VisionTransformer
+
+from _attention_tiny import TINY, images, tiny_model
 
 # the module, not the function `attention` that the package re-exports under the same name
 attention_module = importlib.import_module("vit_from_scratch.attention")
 
-TINY = dict(image_size=16, patch_size=4, num_classes=5, dim=16, depth=3, num_heads=2)
-
-
-def tiny_model(pool="cls", **overrides):
-    torch.manual_seed(0)
-    model = VisionTransformer(**{**TINY, "pool": pool, **overrides}).eval()
-    with torch.no_grad():  # random, non-zero weights everywhere so every path matters
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model
-
-
-def images(batch=3):
-    return torch.rand(batch, 3, TINY["image_size"], TINY["image_size"], generator=torch.Generator().manual_seed(1))
 
 
 def test_computing_maps_does_not_import_matplotlib():

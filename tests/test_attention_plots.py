@@ -6,29 +6,15 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from vit_from_scratch.attention_maps import (TokenLayout, collect_attention, mean_attention_distance,  # noqa: E402
                                              patch_embedding_components)
 from vit_from_scratch.attention_plots import (attention_explorer, plot_gallery, plot_mean_distance,  # noqa: E402
                                               show_filter_components, show_position_similarity, show_view)
-from vit_from_scratch.model import VisionTransformer  # noqa: E402
 from vit_from_scratch.positions import position_similarity  # noqa: E402
 
-TINY = dict(image_size=16, patch_size=4, num_classes=5, dim=16, depth=3, num_heads=2)
+from _attention_tiny import TINY, images, tiny_model  # noqa: E402
 
-
-def tiny_model(pool="cls", **overrides):
-    torch.manual_seed(0)
-    model = VisionTransformer(**{**TINY, "pool": pool, **overrides}).eval()
-    with torch.no_grad():  # random, non-zero weights everywhere so every path matters
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model
-
-
-def images(batch=3):
-    return torch.rand(batch, 3, TINY["image_size"], TINY["image_size"], generator=torch.Generator().manual_seed(1))
 
 
 @pytest.fixture(autouse=True)
