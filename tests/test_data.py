@@ -355,3 +355,12 @@ def test_batch_loader_accepts_a_worker_loader_state_with_a_warning():
     with pytest.warns(UserWarning, match="written by a WorkerLoader"):
         loader.load_state_dict({"seed": 3, "epoch": 2})
     assert len(_epochs(loader, 1)[0]) == 2
+
+
+def test_cifar10_from_the_environment_names_its_source_without_the_machines_path(tmp_path, monkeypatch):
+    _write_tree(tmp_path / "cifar10-jpeg")
+    monkeypatch.setenv("VIT_DATA_DIR", str(tmp_path))
+    train, test = load_cifar10()
+    assert train.source == "$VIT_DATA_DIR/cifar10-jpeg/train" and test.source == "$VIT_DATA_DIR/cifar10-jpeg/test"
+    train, _ = load_cifar10(tmp_path)  # a folder the caller names is shown as given
+    assert train.source == str(tmp_path / "cifar10-jpeg" / "train")

@@ -252,6 +252,15 @@ def _download_cifar10(root: Path) -> tuple[ImageSet, ImageSet]:
         raise
 
 
+def _shown_under(data: ImageSet, root: Path, given: bool) -> ImageSet:
+    """``data`` with its source named relative to the data folder (``$VIT_DATA_DIR/...``) when that folder
+    came from the environment, so printed sources carry no path of the machine that ran them."""
+    if given or not data.source.startswith(str(root)):
+        return data
+    label = "$VIT_DATA_DIR" if os.environ.get("VIT_DATA_DIR") else "~/.cache/vit_from_scratch/data"
+    return ImageSet(data.images, data.labels, data.classes, label + data.source[len(str(root)):])
+
+
 def load_cifar10(root: str | os.PathLike | None = None, *, download: bool | None = None) -> tuple[ImageSet, ImageSet]:
     """(train, test) CIFAR-10 from ``root`` (default :func:`default_data_dir`).
 
@@ -259,19 +268,21 @@ def load_cifar10(root: str | os.PathLike | None = None, *, download: bool | None
     torchvision's layout; downloads with torchvision only when ``download`` is true (``None``: try, and
     explain if it fails). No folder is created unless a download actually starts.
     """
-    root = Path(root) if root is not None else default_data_dir()
+    given = root is not None
+    root = Path(root) if given else default_data_dir()
     folder = find_image_folder(root)
     if folder is not None:
         train = load_image_folder(folder / "train")
-        return train, load_image_folder(folder / "test", classes=train.classes)
+        test = load_image_folder(folder / "test", classes=train.classes)
+        return _shown_under(train, root, given), _shown_under(test, root, given)
     if (root / "cifar-10-batches-py").is_dir():
         train = _load_torchvision_cifar10(root, True, False)
         test = _load_torchvision_cifar10(root, False, False)
         check_classes(train.classes, test.classes, f"the test split of {root}/cifar-10-batches-py")
-        return train, test
+        return _shown_under(train, root, given), _shown_under(test, root, given)
     if download is not False:
         try:
-            return _download_cifar10(root)
+            return tuple(_shown_under(d, root, given) for d in _download_cifar10(root))
         except Exception as error:  # no network, a proxy, a read-only disk...
             reason = f"downloading failed ({type(error).__name__}: {error})"
     else:
