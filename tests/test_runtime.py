@@ -128,3 +128,10 @@ def test_network_available_true_for_a_listening_local_port():
         assert network_available("127.0.0.1", server.getsockname()[1], timeout=2.0)
     finally:
         server.close()
+
+
+def test_environment_report_names_threads_and_the_libraries_a_chapter_compares_against():
+    line = environment_report(torch.device("cpu"), libraries=("numpy", "no-such-library"))
+    assert f"threads {torch.get_num_threads()}" in line
+    assert f"numpy {np.__version__}" in line and "no-such-library not installed" in line
+    assert line.index("python") < line.index("numpy") < line.index("mode:")

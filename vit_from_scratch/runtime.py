@@ -70,21 +70,56 @@ def budget(full, quick):
     return quick if is_quick() else full
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (e.g. "AMD EPYC 7B13"), or its architecture when the name is unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:  # Linux
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "mps":
         return "Apple MPS"
-    cpu = platform.processor() or platform.machine()
-    return f"CPU ({cpu}, {os.cpu_count()} cores)"
+    return f"CPU ({_cpu_model()}, {os.cpu_count()} cores)"
 
 
-def environment_report(device: torch.device | None = None) -> str:
-    """One line saying what this ran on: device name, torch version and budget mode."""
-    device = device if device is not None else pick_device()
+def _library_version(name: str) -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def environment_report(device: torch.device | None = None,
+                       libraries: tuple[str, ...] = ()) -> str:
+    """One line saying what this ran on: device name, CPU threads, versions and budget mode.
+
+    Args:
+        device: the device the chapter computes on (default: :func:`pick_device`). A chapter that
+            computes on the CPU although a GPU is present passes ``torch.device("cpu")``, and the
+            line says so.
+        libraries: further libraries whose versions matter to the chapter, e.g.
+            ``("torchvision", "timm")`` where it compares against them.
+
+    The line reads ``device: ... | threads T | torch X | python Y | <lib> Z ... | mode: full``.
+    """
+    device = torch.device(device) if device is not None else pick_device()
     mode = "quick (VIT_QUICK=1)" if is_quick() else "full"
-    return (f"device: {_device_name(device)} | torch {torch.__version__} | "
-            f"python {platform.python_version()} | mode: {mode}")
+    name = _device_name(device)
+    if device.type == "cpu" and torch.cuda.is_available():
+        name += f" (a GPU, {torch.cuda.get_device_name()}, is present; this chapter computes on the CPU)"
+    parts = [f"device: {name}", f"threads {torch.get_num_threads()}", f"torch {torch.__version__}",
+             f"python {platform.python_version()}"]
+    parts += [f"{lib} {_library_version(lib)}" for lib in libraries]
+    return " | ".join([*parts, f"mode: {mode}"])
 
 
 def synchronize(device: torch.device | str | None = None) -> None:
