@@ -319,10 +319,11 @@ def test_wrong_image_size_names_the_expected_size_and_resize_pos_embed():
 
 def test_wrong_channels_and_channels_last_are_explained():
     model = VisionTransformer(ViTConfig(**TINY))
-    with pytest.raises(ValueError, match="takes 3-channel images .* got 1 channels"):
+    with pytest.raises(ValueError, match="takes 3-channel images .* got 1 channel in"):
         model(torch.randn(1, 1, 32, 32))
-    with pytest.raises(ValueError, match=r"channels-last: use images.permute\(0, 3, 1, 2\)"):
+    with pytest.raises(ValueError, match=r"channels-last .*: use images.permute\(0, 3, 1, 2\)") as info:
         model(torch.randn(1, 32, 32, 3))
+    assert "in_channels=32" not in str(info.value)  # a channels-last batch is not a 32-channel one
     with pytest.raises(ValueError, match=r"image.unsqueeze\(0\)"):
         model(torch.randn(3, 32, 32))
 
@@ -368,3 +369,19 @@ def test_a_new_head_can_be_fine_tuned_with_strict_false():
     result = model.load_state_dict(backbone, strict=False)
     assert sorted(result.missing_keys) == ["head.bias", "head.weight"]
     assert torch.equal(model.pos_embed.detach(), pretrained["pos_embed"])
+
+
+def test_the_named_size_cifar_cpu_is_the_model_chapter_6_trains():
+    """Chapter 5 names `cifar-cpu` as the model chapter 6 trains (preset "cifar10-cpu"): they must not drift."""
+    from dataclasses import fields
+
+    from vit_from_scratch.recipe import preset
+
+    trained = preset("cifar10-cpu").model
+    named = ViTConfig.named("cifar-cpu")
+    assert isinstance(trained, ViTConfig)
+    differing = {f.name: (getattr(trained, f.name), getattr(named, f.name)) for f in fields(ViTConfig)
+                 if getattr(trained, f.name) != getattr(named, f.name)}
+    # The preset trains its first epochs at a lower resolution (low_res_size) but builds the model at
+    # 32 px, so even image_size agrees.
+    assert not differing, f"preset 'cifar10-cpu' vs named size 'cifar-cpu' (preset, named): {differing}"

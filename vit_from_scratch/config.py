@@ -2,7 +2,8 @@
 
 :class:`ViTConfig` holds every architectural choice of :class:`~vit_from_scratch.model.VisionTransformer`,
 checks them, and counts parameters and multiply-accumulates by formula; ``NAMED_SIZES`` and
-:func:`vit_config` give the sizes of the ViT and DeiT papers and two small CIFAR-10 ones.
+:func:`vit_config` give the sizes of the ViT and DeiT papers and three small CIFAR-10 ones
+(``cifar-cpu`` is the model chapter 6 trains).
 
 Letters: C channels, H/W image height/width, P patch size, N patches, T prefix tokens, D width,
 M MLP width, K classes, L = T + N tokens.
@@ -37,6 +38,10 @@ NAMED_SIZES: dict[str, dict[str, Any]] = {
     "H/14": dict(image_size=224, patch_size=14, num_classes=1000, dim=1280, depth=32, num_heads=16),
     "cifar-tiny": dict(image_size=32, patch_size=4, num_classes=10, dim=64, depth=4, num_heads=4),
     "cifar-small": dict(image_size=32, patch_size=4, num_classes=10, dim=192, depth=6, num_heads=3),
+    # The model chapter 6 trains on a CPU and ships (the preset "cifar10-cpu" of recipe.py; a test keeps
+    # the two equal field by field).
+    "cifar-cpu": dict(image_size=32, patch_size=4, num_classes=10, dim=128, depth=6, num_heads=4,
+                      mlp_ratio=2.0),
 }
 
 
@@ -204,7 +209,7 @@ def vit_config(name: str, **overrides: Any) -> ViTConfig:
     """The config of a named size, with optional field overrides.
 
     ``name`` is one of ``NAMED_SIZES`` (``"Ti/16"``, ``"S/16"``, ``"B/16"``, ``"B/32"``, ``"L/16"``,
-    ``"L/32"``, ``"H/14"``, ``"cifar-tiny"``, ``"cifar-small"``). Case, a ``"ViT"`` prefix and the
+    ``"L/32"``, ``"H/14"``, ``"cifar-tiny"``, ``"cifar-small"``, ``"cifar-cpu"``). Case, a ``"ViT"`` prefix and the
     separators are ignored, so ``"ViT-B/16"``, ``"vit_b_16"`` and ``"vit_cifar_tiny"`` work too.
     """
     matches = [n for n in NAMED_SIZES if _size_key(n) == _size_key(name)]

@@ -118,12 +118,18 @@ class VisionTransformer(nn.Module):
 
     # Initialisation ----------------------------------------------------------------------------
     def init_weights(self) -> None:
-        """ViT's initialisation, as in timm, torchvision and big_vision.
+        """ViT's initialisation; each choice names the reference implementation it comes from.
 
-        Linear weights: truncated normal (std 0.02, cut at 2 std), zero biases; LayerNorm: ones and
-        zeros; patch embedding's ``proj``: LeCun normal (std ``1/sqrt(C·P²)``) like a Linear on a
-        flattened patch; learned positions: truncated normal 0.02; class token: ``N(0, 1e-6)``; head:
-        zeros, so every class starts equally likely.
+        - Linear weights (qkv, projection, MLP): truncated normal, std 0.02, cut at 2 std; zero
+          biases: timm's default. (The JAX code of the ViT paper and torchvision use Xavier-uniform
+          linears instead.)
+        - LayerNorm: ones and zeros (all three).
+        - Patch embedding ``proj``: LeCun truncated normal, std ``1/sqrt(C·P²)``, as a Linear on a
+          flattened patch: the JAX code's (flax's default ``lecun_normal``) and torchvision's.
+        - Learned positions: truncated normal, std 0.02: timm's (JAX and torchvision: normal 0.02).
+        - Class token: ``N(0, 1e-6)``: timm's (JAX and torchvision start it at zero).
+        - Head: zeros, so every class starts equally likely (loss ``ln K``): the JAX code's and
+          torchvision's, and timm's ``weight_init='jax'``.
         """
         self.apply(self._init_weights)
         proj = getattr(self.patch_embed, "proj", None)
@@ -169,15 +175,18 @@ class VisionTransformer(nn.Module):
                              f"got shape {tuple(images.shape)}; for one image use image.unsqueeze(0)")
         B, C, H, W = images.shape
         if C != c.in_channels:
-            layout = (" It looks channels-last: use images.permute(0, 3, 1, 2)."
-                      if images.shape[-1] == c.in_channels else "")
+            if images.shape[-1] == c.in_channels:  # (B, H, W, C), as PIL and NumPy store images
+                raise ValueError(f"this model takes {c.in_channels}-channel images shaped (B, C, H, W), got "
+                                 f"shape {tuple(images.shape)}, which looks channels-last (B, H, W, C): "
+                                 "use images.permute(0, 3, 1, 2)")
+            got = f"{C} channel" + ("" if C == 1 else "s")
             raise ValueError(f"this model takes {c.in_channels}-channel images (ViTConfig.in_channels="
-                             f"{c.in_channels}), got {C} channels in shape {tuple(images.shape)}.{layout} "
-                             f"Convert the images (grayscale to RGB: images.expand(-1, 3, -1, -1)) or build "
-                             f"the model with in_channels={C}.")
+                             f"{c.in_channels}), got {got} in shape {tuple(images.shape)}. Convert the "
+                             f"images (grayscale to RGB: images.expand(-1, 3, -1, -1)) or build the model "
+                             f"with in_channels={C}.")
         if (H, W) != S:
             raise ValueError(f"this model was built for {S[0]}x{S[1]} images (ViTConfig.image_size="
-                             f"{c.image_size}: a {h}x{w} grid of {P}-pixel patches), got {H}x{W}. Resize the "
+                             f"{c.image_size}: a grid of {h}×{w} patches of {P} pixels), got {H}x{W}. Resize the "
                              f"images to {S[0]}x{S[1]}, or build a model with image_size={H} and carry the "
                              "trained position embedding over with vit_from_scratch.positions.resize_pos_embed")
 

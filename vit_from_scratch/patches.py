@@ -30,11 +30,18 @@ def check_patch_grid(image_size: int | tuple[int, int], patch_size: int | tuple[
         divisors = [p for p in range(1, min(H, W) + 1) if H % p == 0 and W % p == 0]
         raise ValueError(
             f"patch size {(ph, pw)} does not divide the image size {(H, W)}: "
-            f"{H}/{ph} = {H / ph:.3g} and {W}/{pw} = {W / pw:.3g} patches. "
+            f"{_patch_counts(H, W, ph, pw)}. "
             f"Resize or crop the image to a multiple of the patch size, or pick a patch size "
             f"that divides both sides (for {(H, W)}: {divisors})."
         )
     return H // ph, W // pw
+
+
+def _patch_counts(H: int, W: int, ph: int, pw: int) -> str:
+    """"225/16 = 14.1 patches per side", or both sides when they differ."""
+    if (H, ph) == (W, pw):
+        return f"{H}/{ph} = {H / ph:.3g} patches per side"
+    return f"{H}/{ph} = {H / ph:.3g} patches down and {W}/{pw} = {W / pw:.3g} across"
 
 
 def _check_images(images: Tensor) -> None:
@@ -106,9 +113,15 @@ class PatchEmbedding(nn.Module):
         _check_images(images)
         B, C, H, W = images.shape
         if C != self.in_channels:
-            raise ValueError(f"expected {self.in_channels}-channel images, got {C} channels "
-                             f"(shape {tuple(images.shape)}); build the model with in_channels={C} "
-                             "or convert the images (e.g. grayscale to RGB)")
+            if images.shape[-1] == self.in_channels:  # (B, H, W, C): channels last
+                raise ValueError(f"expected {self.in_channels}-channel images shaped (B, C, H, W), got "
+                                 f"shape {tuple(images.shape)}, which looks channels-last (B, H, W, C) "
+                                 "as PIL and NumPy store images; use images.permute(0, 3, 1, 2)")
+            got = f"{C} channel" + ("" if C == 1 else "s")
+            raise ValueError(f"expected {self.in_channels}-channel images, got {got} "
+                             f"(shape {tuple(images.shape)}); convert the images (e.g. grayscale to "
+                             f"RGB with images.expand(-1, 3, -1, -1)) or build the model with "
+                             f"in_channels={C}")
         if (H, W) != self.image_size:
             check_patch_grid((H, W), self.patch_size)
             raise ValueError(f"expected images of size {self.image_size}, got {(H, W)}; resize the images, "
