@@ -1,8 +1,13 @@
 """The book's wiring: Colab badges and setup cells agree with _config.yml; every chapter is in the TOC,
-is committed executed, and prints the environment it ran in."""
+is committed executed, and prints the environment it ran in; the online page stays readable (short code
+lines, markers as tags, no path of the executing machine in an output); the package's dependencies
+cover every module a chapter imports."""
 
+import ast
 import json
 import re
+import sys
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
@@ -50,6 +55,8 @@ def test_setup_cell_installs_the_configured_repository_only_in_colab(path):
     assert "import vit_from_scratch" in setup and "except ImportError" in setup
     installs = re.findall(r"git\+https://github\.com/([^\"'@\s]+)@([^\"'\s]+)", setup)
     assert installs == [(repo, branch)], f"{path.name}: setup cell installs {installs}, _config.yml says {(repo, branch)}"
+    assert '"vit-from-scratch[book] @ "' in setup, \
+        f"{path.name}: install the package with its [book] extra, so timm and ipywidgets come along"
     assert not code[0].get("outputs"), f"{path.name}: the setup cell must print nothing outside Colab"
 
 
@@ -60,7 +67,7 @@ def test_chapter_is_committed_executed_and_reports_its_environment(path):
     counts = [c["execution_count"] for c in code]
     assert counts == sorted(counts), f"{path.name}: cells were not executed top to bottom in one run"
     text = "".join("".join(o.get("text", "")) for c in code for o in c.get("outputs", []))
-    assert re.search(r"device: .+ \| torch \S+ \| python \S+ \| mode: (full|quick)", text), \
+    assert re.search(r"device: .+ \| torch \S+ \| python \S+( \| [\w.-]+ [^|]+)* \| mode: (full|quick)", text), \
         f"{path.name}: print(environment_report()) near the top"
 
 
@@ -91,3 +98,61 @@ def test_code_reads_on_the_online_page(path):
         assert not long, f"{path.name} cell {i}: {len(long)} code lines over 88 characters, e.g. {long[0]!r}"
         markers = [line for line in lines if line.lstrip().startswith("# NBVAL_")]
         assert not markers, f"{path.name} cell {i}: {markers[0].strip()!r} as a comment; use the cell tag instead"
+
+
+# Paths of the machine that executed a notebook: they mean nothing to a reader and leak the runner's layout.
+_MACHINE_PATHS = re.compile(r"(/work/|/tmp/|/root/|/home/|/usr/|/opt/|/private/var/|site-packages|[A-Z]:\\Users)")
+
+
+def _output_texts(cell):
+    for output in cell.get("outputs", []):
+        yield "".join(output.get("text", ""))
+        yield "".join(output.get("data", {}).get("text/plain", ""))
+        yield "".join(output.get("data", {}).get("text/html", ""))
+        yield output.get("evalue", "")
+        yield "\n".join(output.get("traceback", []))
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_no_output_names_a_path_of_the_executing_machine(path):
+    """Tracebacks (use %xmode Minimal), data sources and warnings must not print /work/..., /home/... etc."""
+    for i, cell in enumerate(_cells(path)):
+        for text in _output_texts(cell):
+            match = _MACHINE_PATHS.search(text)
+            assert not match, (f"{path.name} cell {i}: an output names a path of the executing machine: "
+                               f"...{text[max(0, match.start() - 60):match.end() + 60]!r}...")
+
+
+def _imported_modules(path):
+    for cell in _cells(path):
+        if cell["cell_type"] != "code":
+            continue
+        lines = [line for line in _source(cell).splitlines() if not line.lstrip().startswith(("%", "!"))]
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, ast.Import):
+                yield from (alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                yield node.module.split(".")[0]
+
+
+def _requirement_name(requirement):
+    return re.split(r"[\s<>=!~;\[(]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_the_package_and_its_book_extra_cover_every_module_a_chapter_imports():
+    """`pip install "vit-from-scratch[book] @ git+..."` must give a Colab reader every import of every chapter."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {_requirement_name(r) for r in project["dependencies"] + project["optional-dependencies"]["book"]}
+    declared.add(project["name"])
+    providers = packages_distributions()  # import name -> distributions that install it
+    for path in CHAPTERS:
+        for module in sorted(set(_imported_modules(path))):
+            if module in sys.stdlib_module_names or module == "google":  # google.colab: Colab's own
+                continue
+            names = {d.lower().replace("_", "-") for d in providers.get(module, [])}
+            if module == "vit_from_scratch":
+                names.add(project["name"])
+            assert names, f"{path.name} imports {module}, which no installed distribution provides"
+            assert names & declared, (f"{path.name} imports {module} (from {sorted(names)}), which neither "
+                                      f"pyproject's dependencies nor its [book] extra declare")
