@@ -51,6 +51,9 @@ def test_patch_that_does_not_divide_gives_clear_error():
     with pytest.raises(ValueError, match=r"patch size \(16, 16\) does not divide the image size \(225, 225\)") as e:
         patchify(torch.randn(1, 3, 225, 225), 16)
     assert "15" in str(e.value)  # suggests a patch size that works
+    assert str(e.value).count("225/16") == 1  # a square image: one count, not the same one twice
+    with pytest.raises(ValueError, match=r"30/4 = 7.5 patches down and 32/4 = 8 across"):
+        check_patch_grid((30, 32), 4)
     with pytest.raises(ValueError, match="does not divide"):
         PatchEmbedding(image_size=30, patch_size=4)
     with pytest.raises(ValueError, match="does not divide"):
@@ -61,8 +64,11 @@ def test_wrong_rank_channels_and_size_give_clear_errors():
     with pytest.raises(ValueError, match=r"\(B, C, H, W\).*unsqueeze"):
         patchify(torch.randn(3, 32, 32), 4)
     embed = PatchEmbedding(image_size=32, patch_size=4, in_channels=3, dim=8)
-    with pytest.raises(ValueError, match="expected 3-channel images, got 1"):
+    with pytest.raises(ValueError, match="expected 3-channel images, got 1 channel "):
         embed(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"channels-last.*permute\(0, 3, 1, 2\)") as e:
+        embed(torch.randn(1, 32, 32, 3))
+    assert "in_channels=32" not in str(e.value)
     with pytest.raises(ValueError, match=r"expected images of size \(32, 32\), got \(64, 64\).*resize_pos_embed"):
         embed(torch.randn(1, 3, 64, 64))
     with pytest.raises(ValueError, match="does not divide"):
