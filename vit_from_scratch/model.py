@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .config import NAMED_SIZES, ViTConfig, vit_config
 from .encoder import Encoder
-from .patches import PatchEmbedding, to_2tuple
+from .patches import PatchEmbedding, check_channels, to_2tuple
 from .positions import (
     learned_pos_embed,
     resize_pos_embed,
@@ -174,16 +174,7 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"expected a batch of images shaped (B, {c.in_channels}, {S[0]}, {S[1]}), "
                              f"got shape {tuple(images.shape)}; for one image use image.unsqueeze(0)")
         B, C, H, W = images.shape
-        if C != c.in_channels:
-            if images.shape[-1] == c.in_channels:  # (B, H, W, C), as PIL and NumPy store images
-                raise ValueError(f"this model takes {c.in_channels}-channel images shaped (B, C, H, W), got "
-                                 f"shape {tuple(images.shape)}, which looks channels-last (B, H, W, C): "
-                                 "use images.permute(0, 3, 1, 2)")
-            got = f"{C} channel" + ("" if C == 1 else "s")
-            raise ValueError(f"this model takes {c.in_channels}-channel images (ViTConfig.in_channels="
-                             f"{c.in_channels}), got {got} in shape {tuple(images.shape)}. Convert the "
-                             f"images (grayscale to RGB: images.expand(-1, 3, -1, -1)) or build the model "
-                             f"with in_channels={C}.")
+        check_channels(images, c.in_channels)
         if (H, W) != S:
             raise ValueError(f"this model was built for {S[0]}x{S[1]} images (ViTConfig.image_size="
                              f"{c.image_size}: a grid of {h}×{w} patches of {P} pixels), got {H}x{W}. Resize the "

@@ -44,6 +44,23 @@ def _patch_counts(H: int, W: int, ph: int, pw: int) -> str:
     return f"{H}/{ph} = {H / ph:.3g} patches down and {W}/{pw} = {W / pw:.3g} across"
 
 
+def check_channels(images: Tensor, expected: int) -> None:
+    """Raise a clear error unless ``images`` (B, C, H, W) have ``expected`` channels; a channels-last
+    batch (B, H, W, C), as PIL and NumPy store images, is named as such."""
+    C = images.shape[1]
+    if C == expected:
+        return
+    if images.shape[-1] == expected:  # (B, H, W, C): channels last
+        raise ValueError(f"expected {expected}-channel images shaped (B, C, H, W), got "
+                         f"shape {tuple(images.shape)}, which looks channels-last (B, H, W, C) "
+                         "as PIL and NumPy store images; use images.permute(0, 3, 1, 2)")
+    got = f"{C} channel" + ("" if C == 1 else "s")
+    raise ValueError(f"expected {expected}-channel images, got {got} "
+                     f"(shape {tuple(images.shape)}); convert the images (e.g. grayscale to "
+                     f"RGB with images.expand(-1, 3, -1, -1)) or build the model with "
+                     f"in_channels={C}")
+
+
 def _check_images(images: Tensor) -> None:
     if images.ndim != 4:
         raise ValueError(f"expected a batch of images shaped (B, C, H, W), got shape {tuple(images.shape)}; "
@@ -112,16 +129,7 @@ class PatchEmbedding(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         _check_images(images)
         B, C, H, W = images.shape
-        if C != self.in_channels:
-            if images.shape[-1] == self.in_channels:  # (B, H, W, C): channels last
-                raise ValueError(f"expected {self.in_channels}-channel images shaped (B, C, H, W), got "
-                                 f"shape {tuple(images.shape)}, which looks channels-last (B, H, W, C) "
-                                 "as PIL and NumPy store images; use images.permute(0, 3, 1, 2)")
-            got = f"{C} channel" + ("" if C == 1 else "s")
-            raise ValueError(f"expected {self.in_channels}-channel images, got {got} "
-                             f"(shape {tuple(images.shape)}); convert the images (e.g. grayscale to "
-                             f"RGB with images.expand(-1, 3, -1, -1)) or build the model with "
-                             f"in_channels={C}")
+        check_channels(images, self.in_channels)
         if (H, W) != self.image_size:
             check_patch_grid((H, W), self.patch_size)
             raise ValueError(f"expected images of size {self.image_size}, got {(H, W)}; resize the images, "
