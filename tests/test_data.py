@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from vit_from_scratch.data import (ImageSet, channel_stats, check_classes, default_data_dir, find_image_folder,
-                                   load_cifar10, load_image_folder, normalize)
+                                   load_cifar10, load_image_folder, normalize, validation_split)
 from vit_from_scratch.loaders import Augment, BatchLoader, WorkerLoader, make_loader, mixup_cutmix
 
 
@@ -364,3 +364,35 @@ def test_cifar10_from_the_environment_names_its_source_without_the_machines_path
     assert train.source == "$VIT_DATA_DIR/cifar10-jpeg/train" and test.source == "$VIT_DATA_DIR/cifar10-jpeg/test"
     train, _ = load_cifar10(tmp_path)  # a folder the caller names is shown as given
     assert train.source == str(tmp_path / "cifar10-jpeg" / "train")
+
+
+def _labelled(counts):
+    """A toy set whose image i holds its number i in two channels (i % 256, i // 256)."""
+    labels = torch.cat([torch.full((k,), c) for c, k in enumerate(counts)])
+    i = torch.arange(len(labels))
+    images = torch.stack([i % 256, i // 256, torch.zeros_like(i)], 1).to(torch.uint8).view(-1, 3, 1, 1)
+    return ImageSet(images, labels, tuple(f"c{c}" for c in range(len(counts))), "toy")
+
+
+def _ids(data):
+    return set((data.images[:, 0, 0, 0].long() + 256 * data.images[:, 1, 0, 0].long()).tolist())
+
+
+def test_validation_split_is_stratified_disjoint_complete_and_fixed():
+    data = _labelled([500, 300, 200])
+    train, val = validation_split(data, 100, seed=3)
+    assert len(val) == 100 and len(train) == 900
+    assert torch.bincount(val.labels).tolist() == [50, 30, 20]  # every class its share
+    assert not _ids(train) & _ids(val) and _ids(train) | _ids(val) == set(range(1000))
+    again_train, again_val = validation_split(data, 0.1, seed=3)  # a fraction: the same split
+    assert torch.equal(again_val.images, val.images) and torch.equal(again_train.images, train.images)
+    assert _ids(validation_split(data, 100, seed=4)[1]) != _ids(val)  # another seed, other images
+
+
+def test_validation_split_rounds_to_the_exact_count_and_refuses_bad_sizes():
+    data = _labelled([7, 7, 6])  # 20 images; 3 for validation cannot be exactly proportional
+    train, val = validation_split(data, 3)
+    assert len(val) == 3 and torch.bincount(val.labels, minlength=3).tolist() == [1, 1, 1]
+    for bad in (0, 20, 1.0, 0.0, -0.5, True, "10%"):
+        with pytest.raises(ValueError, match="count between 1 and 19"):
+            validation_split(data, bad)

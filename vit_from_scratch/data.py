@@ -29,6 +29,7 @@ from .runtime import network_available
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "ImageSet", "default_data_dir", "find_image_folder",
     "load_image_folder", "check_classes", "load_cifar10", "channel_stats", "normalize", "resize_images",
+    "validation_split",
 ]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -344,3 +345,33 @@ def resize_images(data: ImageSet, size: int, *, chunk: int = 4096) -> ImageSet:
                           align_corners=False)  # (n, C, H, W) -> (n, C, size, size)
         parts.append(x.round().clamp(0, 255).to(torch.uint8))
     return ImageSet(torch.cat(parts), data.labels, data.classes, data.source + f" (resized to {size} px)")
+
+
+def validation_split(data: ImageSet, size: int | float = 0.1, *, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+    """``(train, validation)``: a fixed, seeded, class-stratified validation part carved from ``data``.
+
+    ``size`` is a count of images (an int, e.g. 5000 of CIFAR-10's 50,000) or a fraction (a float in
+    (0, 1)). Every class gives the same share, rounded so that the counts add up to exactly ``size``
+    (largest remainders first). The two parts are disjoint and together are ``data``; the same
+    ``(data, size, seed)`` always gives the same split, so every chapter and probe chooses on the same
+    images. The test set is never touched: choose on ``validation``, report the test set once.
+    """
+    n = len(data)
+    number = isinstance(size, (int, float)) and not isinstance(size, bool)
+    count = (round(size * n) if isinstance(size, float) else size) if number else 0
+    if not 0 < count < n or (isinstance(size, float) and not 0 < size < 1):
+        raise ValueError(f"size must be a count between 1 and {n - 1} or a fraction in (0, 1) that leaves images "
+                         f"on both sides, got {size!r} for {n} images")
+    generator = torch.Generator().manual_seed(seed)
+    members = [torch.nonzero(data.labels.cpu() == c).flatten() for c in range(len(data.classes))]
+    exact = [len(m) * count / n for m in members]
+    take = [int(e) for e in exact]
+    for c in sorted(range(len(members)), key=lambda c: (take[c] - exact[c], c))[:count - sum(take)]:
+        take[c] += 1  # largest remainders first, ties to the lower class index
+    val = torch.cat([m[torch.randperm(len(m), generator=generator)[:k]] for m, k in zip(members, take)]).sort().values
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[val] = False
+    train = ImageSet(data.images[keep], data.labels[keep], data.classes, data.source + f" (training part, seed {seed})")
+    held = ImageSet(data.images[val], data.labels[val], data.classes,
+                    data.source + f" (validation part of {count}, seed {seed})")
+    return train, held
