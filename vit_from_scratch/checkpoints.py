@@ -31,8 +31,8 @@ from .runtime import pick_device
 
 __all__ = [
     "WEIGHTS_DIR", "CheckpointError", "atomic_write", "check_writable", "check_room", "remove_stale_temporaries",
-    "rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint", "check_export_name", "export_weights",
-    "load_trained_model",
+    "checkpoint_bytes", "rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint", "check_export_name",
+    "export_weights", "load_trained_model",
 ]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -120,6 +120,11 @@ def check_room(folder: str | os.PathLike, nbytes: int) -> None:
 
 
 # --------------------------------------------------------------------------- random-number states as plain data
+
+
+def checkpoint_bytes(model: torch.nn.Module) -> int:
+    """About the size of a checkpoint: the weights and AdamW's two moments, plus room for the rest."""
+    return 3 * sum(p.numel() * p.element_size() for p in model.parameters()) + 2**20
 
 
 def rng_state() -> dict:

@@ -7,12 +7,15 @@ Examples:
     python -m vit_from_scratch.cli --out runs/cifar10 --resume --max-steps 0 --export my_vit
 
 (``python -m vit_from_scratch.train`` is the same command under its old name.)
+On many processes (chapter 11) the same options run under torchrun:
+    torchrun --nproc_per_node=2 -m vit_from_scratch.distributed --preset cifar10-cpu --out runs/ddp
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import types
 import typing
@@ -20,6 +23,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .checkpoints import WEIGHTS_DIR, check_export_name, export_weights
+from .parallel import SingleProcess
 from .recipe import PRESETS, TrainConfig, preset
 from .runtime import environment_report, pick_device
 from .training import fit, prepare_out_dir
@@ -90,28 +94,34 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return preset(args.preset, **overrides)
 
 
-def _train(args: argparse.Namespace, argv: list[str]) -> int:
+def _train(args: argparse.Namespace, argv: list[str], parallel: SingleProcess) -> int:
     """The run: checks that need no data first (options, device, output folder, export name), then data,
-    training and the export."""
+    training and the export. With many processes, only the main one prepares, prints and exports."""
     try:
         config = config_from_args(args)
+        parallel.check(config)
     except (ValueError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    device = pick_device(args.device)
-    if args.export:
+    device = parallel.device or pick_device(args.device)
+    main = parallel.is_main
+    if args.export and main:
         check_export_name(args.export, args.export_dir, overwrite=args.overwrite_export)
-    prepare_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
-    print(environment_report(device))
-    print("config:", json.dumps(config.to_dict()))
+    if main:
+        prepare_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
+        print(environment_report(device))
+        print("config:", json.dumps(config.to_dict()))
     train_set = test_set = None
     if args.data_dir is not None:
         from .data import load_cifar10
 
         train_set, test_set = load_cifar10(args.data_dir)
     result = fit(config, train_set=train_set, test_set=test_set, out_dir=args.out, resume=args.resume,
-                 device=device, progress=not args.no_progress)  # the folder is prepared: overwrite is done
+                 device=device, progress=not args.no_progress,  # the folder is prepared: overwrite is done
+                 parallel=parallel)
     last = result.history[-1] if result.history else None
+    if not main:
+        return 0
     if last:
         print(f"done: test accuracy {last['test_accuracy']:.4f} after {last['epoch']} epochs; "
               f"checkpoint {result.checkpoint}")
@@ -129,8 +139,18 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun started several copies of this one-process run
+        print("error: this command trains in one process; under torchrun use the same options with "
+              "`-m vit_from_scratch.distributed`", file=sys.stderr)
+        return 2
+    return run_parsed(args, argv)
+
+
+def run_parsed(args: argparse.Namespace, argv: list[str], parallel: SingleProcess | None = None) -> int:
+    """Train as the parsed options say, in ``parallel``'s processes (default: this one); errors the user
+    can fix are one line each (``--debug``: the traceback)."""
     try:
-        return _train(args, argv)
+        return _train(args, argv, parallel or SingleProcess())
     except KeyboardInterrupt:
         if args.debug:
             raise

@@ -84,15 +84,23 @@ class BatchLoader:
 
     Every epoch draws a new permutation from its own generator, so a run is reproducible and
     resumable: ``state_dict()`` holds the generator state.
+
+    With ``world_size`` > 1 (chapter 11), ``batch_size`` is the global batch: every process draws the
+    same permutation and takes the ``rank``-th of ``world_size`` equal slices of each batch, and crops and
+    flips from its own generator, reseeded every epoch from (seed, epoch, rank), so that the order
+    generator advances alike in every process (in one process it draws the crops too).
     """
 
     def __init__(self, data: ImageSet, batch_size: int, augment: Augment, *, shuffle: bool,
-                 drop_last: bool = False, seed: int = 0, device: torch.device | str | None = None) -> None:
+                 drop_last: bool = False, seed: int = 0, device: torch.device | str | None = None,
+                 rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        _check_shard(batch_size, rank, world_size, drop_last)
         self.data = data.to(device) if device is not None else data
         self.batch_size, self.augment, self.shuffle, self.drop_last = batch_size, augment, shuffle, drop_last
         self.generator = torch.Generator().manual_seed(seed)
+        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
 
     def __len__(self) -> int:
         n = len(self.data)
@@ -102,12 +110,16 @@ class BatchLoader:
         n = len(self.data)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         order = order.to(self.data.images.device)
+        crops, b = self.generator, self.batch_size // self.world_size  # b: this process's share of a batch
+        if self.world_size > 1:
+            crops = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch, self.rank))
+            self.epoch += 1
         for i in range(len(self)):
-            index = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield self.augment(self.data.images[index], self.generator), self.data.labels[index]
+            index = order[i * self.batch_size:(i + 1) * self.batch_size][self.rank * b:(self.rank + 1) * b]
+            yield self.augment(self.data.images[index], crops), self.data.labels[index]
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), **({"epoch": self.epoch} if self.world_size > 1 else {})}
 
     def load_state_dict(self, state: dict) -> None:
         if "generator" not in state:  # a WorkerLoader's state: the run moved between CPU and GPU
@@ -117,11 +129,22 @@ class BatchLoader:
             self.generator.manual_seed(_epoch_seed(int(state["seed"]), int(state["epoch"])))
             return
         self.generator.set_state(state["generator"])
+        self.epoch = int(state.get("epoch", 0))
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """One 63-bit seed from (run seed, epoch), with no collisions between e.g. (1, 0) and (0, 1)."""
-    digest = hashlib.sha256(f"vit_from_scratch:{seed}:{epoch}".encode()).digest()
+def _check_shard(batch_size: int, rank: int, world_size: int, drop_last: bool) -> None:
+    if world_size > 1 and (batch_size % world_size or not drop_last):
+        fit = world_size * max(1, batch_size // world_size)
+        raise ValueError(f"a batch of {batch_size} images cannot be shared by {world_size} processes: the global "
+                         f"batch must be a multiple of the number of processes (e.g. {fit}), and the last, "
+                         "incomplete batch dropped (training loaders)")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not one of the {world_size} processes (0 to {world_size - 1})")
+
+
+def _epoch_seed(seed: int, epoch: int, *rank: int) -> int:
+    """One 63-bit seed from (run seed, epoch[, rank]), with no collisions between e.g. (1, 0) and (0, 1)."""
+    digest = hashlib.sha256(":".join(map(str, ("vit_from_scratch", seed, epoch, *rank))).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
@@ -132,17 +155,22 @@ class _EpochSampler(torch.utils.data.Sampler):
     image depends on neither which worker draws it nor how long that worker has lived.
     """
 
-    def __init__(self, n: int, shuffle: bool) -> None:
+    def __init__(self, n: int, shuffle: bool, batch_size: int = 1, rank: int = 0, world_size: int = 1) -> None:
         self.n, self.shuffle = n, shuffle
         self.seed, self.epoch = 0, 0
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
 
     def __len__(self) -> int:
-        return self.n
+        return self.n if self.world_size == 1 else self.n // self.batch_size * (self.batch_size // self.world_size)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
         order = torch.randperm(self.n, generator=generator) if self.shuffle else torch.arange(self.n)
         seeds = torch.randint(0, 2**62, (self.n,), generator=generator)
+        if self.world_size > 1:  # this process's slice of every whole global batch (the same seeds as one process)
+            B, b = self.batch_size, self.batch_size // self.world_size
+            keep = (torch.arange(self.n // B * B) % B).div(b, rounding_mode="floor") == self.rank
+            order, seeds = order[:len(keep)][keep], seeds[:len(keep)][keep]
         return iter(zip(order.tolist(), seeds.tolist()))
 
 
@@ -175,14 +203,17 @@ class WorkerLoader:
     """
 
     def __init__(self, data: ImageSet, batch_size: int, augment: Augment, *, shuffle: bool,
-                 drop_last: bool = False, seed: int = 0, num_workers: int | None = None) -> None:
+                 drop_last: bool = False, seed: int = 0, num_workers: int | None = None, rank: int = 0,
+                 world_size: int = 1) -> None:
         if num_workers is None:
             num_workers = max(1, min(4, (os.cpu_count() or 2) - 1))
+        _check_shard(batch_size, rank, world_size, drop_last)
         self.augment, self.seed, self.epoch = augment, seed, 0
-        self.sampler = _EpochSampler(len(data), shuffle)
+        self.sampler = _EpochSampler(len(data), shuffle, batch_size, rank, world_size)
         # The loader's own generator only feeds torch's (unused) worker base seed, not the global stream.
         self.loader = torch.utils.data.DataLoader(
-            _PolicyDataset(data, augment), batch_size=batch_size, sampler=self.sampler, drop_last=drop_last,
+            _PolicyDataset(data, augment), batch_size=batch_size // world_size, sampler=self.sampler,
+            drop_last=drop_last,
             num_workers=num_workers, generator=torch.Generator().manual_seed(seed),
             persistent_workers=num_workers > 0)
 
@@ -212,20 +243,25 @@ class WorkerLoader:
 
 def make_loader(data: ImageSet, batch_size: int, *, train: bool, mean: Sequence[float], std: Sequence[float],
                 device: torch.device | str = "cpu", policy: str | None = None, padding: int = 4,
-                flip: bool = True, seed: int = 0, num_workers: int | None = None) -> BatchLoader | WorkerLoader:
+                flip: bool = True, seed: int = 0, num_workers: int | None = None, rank: int = 0,
+                world_size: int = 1) -> BatchLoader | WorkerLoader:
     """The right loader for the job.
 
     * test, or no per-image policy, or a GPU: :class:`BatchLoader` (data on ``device``, batched
       augmentation there; a per-image policy then runs on the device too);
     * training with a per-image policy on a CPU: :class:`WorkerLoader` (worker processes; with
       ``num_workers=0`` in this process, drawing the same batches, so a run may resume with another count).
+
+    ``rank`` of ``world_size`` processes (chapter 11): ``batch_size`` is the global batch, of which this
+    process reads its slice.
     """
     augment = Augment(mean, std, train=train, padding=padding, flip=flip, policy=policy)
     device = torch.device(device)
     if train and augment.policy is not None and device.type == "cpu":
         return WorkerLoader(data, batch_size, augment, shuffle=True, drop_last=True, seed=seed,
-                            num_workers=num_workers)
-    return BatchLoader(data, batch_size, augment, shuffle=train, drop_last=train, seed=seed, device=device)
+                            num_workers=num_workers, rank=rank, world_size=world_size)
+    return BatchLoader(data, batch_size, augment, shuffle=train, drop_last=train, seed=seed, device=device,
+                       rank=rank, world_size=world_size)
 
 
 def mixup_cutmix(images: Tensor, labels: Tensor, num_classes: int, *, mixup_alpha: float = 0.0,

@@ -15,7 +15,7 @@ from torch import nn
 from .config import ViTConfig
 
 __all__ = ["TrainConfig", "Phase", "PRESETS", "preset", "param_groups", "warmup_cosine", "build_optimizer",
-           "autocast_dtype"]
+           "autocast_dtype", "config_differences"]
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
@@ -229,3 +229,29 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         # a T4 or V100 only emulates bf16 (slowly): ask for real bf16 units
         return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+# Fields that may differ between a checkpoint and the run resuming it: how many workers, and where to stop
+# (the schedule spans all epochs whatever max_steps says; `--resume --max-steps 0 --export` exports a run).
+_RESUMABLE_CHANGES = {"num_workers", "max_steps"}
+
+
+def config_differences(saved: Mapping[str, Any], config: TrainConfig) -> list[str]:
+    """The fields in which a checkpoint's saved config and ``config`` differ, one line each (resume refuses those)."""
+    try:  # read through from_dict, so that an older checkpoint's field names count as today's
+        saved = TrainConfig.from_dict(saved).to_dict()
+    except (TypeError, ValueError):
+        pass
+
+    def flat(d: Mapping[str, Any]) -> dict:
+        return {**{k: v for k, v in d.items() if k != "model"},
+                **{f"model.{k}": v for k, v in dict(d.get("model") or {}).items()}}
+
+    a, b = flat(saved), flat(config.to_dict())
+    diffs = []
+    for k in sorted((set(a) | set(b)) - _RESUMABLE_CHANGES):
+        x, y = a.get(k), b.get(k)
+        x, y = (list(x), list(y)) if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)) else (x, y)
+        if x != y:
+            diffs.append(f"{k}: checkpoint {x!r}, now {y!r}")
+    return diffs

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoints import (CheckpointError, atomic_write, check_room, check_writable, load_checkpoint,
-                          remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state)
+from .checkpoints import (CheckpointError, atomic_write, check_room, check_writable, checkpoint_bytes,
+                          load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state)
 from .data import ImageSet, channel_stats, check_classes, load_cifar10, resize_images
 from .loaders import make_loader, mixup_cutmix
 from .model import VisionTransformer, to_resolution
-from .recipe import Phase, TrainConfig, autocast_dtype, build_optimizer
+from .parallel import SingleProcess
+from .recipe import Phase, TrainConfig, autocast_dtype, build_optimizer, config_differences
 from .runtime import pick_device
 
 __all__ = ["evaluate", "fit", "FitResult", "NonFiniteLossError", "prepare_out_dir", "RUN_FILES"]
@@ -55,12 +56,13 @@ def evaluate(model: nn.Module, loader, *, device: torch.device | str | None = No
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
         pred = logits.argmax(dim=1)
         correct += (pred == labels).sum().item()
-        count += labels.numel()
+        count += (labels >= 0).sum().item()  # labels < 0 pad a shard (cross_entropy ignores -100)
         if return_predictions:
             preds.append(pred.cpu())
             labels_all.append(labels.cpu())
     model.train(was_training)
-    result = {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1), "count": count}
+    result = {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1), "count": count,
+              "loss_sum": loss_sum, "correct": correct}
     if return_predictions:
         result["predictions"], result["labels"] = torch.cat(preds), torch.cat(labels_all)
     return result
@@ -122,31 +124,6 @@ def _training_data(config: TrainConfig, train_set: ImageSet | None,
     return train_set, test_set
 
 
-# Fields that may differ between a checkpoint and the run resuming it: how many workers, and where to stop
-# (the schedule spans all epochs whatever max_steps says; `--resume --max-steps 0 --export` exports a run).
-_RESUMABLE_CHANGES = {"num_workers", "max_steps"}
-
-
-def _config_differences(saved: Mapping[str, Any], config: TrainConfig) -> list[str]:
-    try:  # read through from_dict, so that an older checkpoint's field names count as today's
-        saved = TrainConfig.from_dict(saved).to_dict()
-    except (TypeError, ValueError):
-        pass
-
-    def flat(d: Mapping[str, Any]) -> dict:
-        return {**{k: v for k, v in d.items() if k != "model"},
-                **{f"model.{k}": v for k, v in dict(d.get("model") or {}).items()}}
-
-    a, b = flat(saved), flat(config.to_dict())
-    diffs = []
-    for k in sorted((set(a) | set(b)) - _RESUMABLE_CHANGES):
-        x, y = a.get(k), b.get(k)
-        x, y = (list(x), list(y)) if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)) else (x, y)
-        if x != y:
-            diffs.append(f"{k}: checkpoint {x!r}, now {y!r}")
-    return diffs
-
-
 # --------------------------------------------------------------------------- the run and its steps
 
 
@@ -162,6 +139,7 @@ class _Run:
     std: tuple[float, ...]
     model: nn.Module
     checkpoint: Path | None
+    parallel: SingleProcess  # one process, or chapter 11's many (DDP, FSDP2)
     phases: list[Phase] = field(init=False)
     dtype: torch.dtype | None = field(init=False)  # autocast's
     scaler: torch.amp.GradScaler = field(init=False)
@@ -170,7 +148,7 @@ class _Run:
     step: int = 0  # optimiser steps taken
     history: list[dict] = field(default_factory=list)
     resized: dict[int, tuple[ImageSet, ImageSet]] = field(default_factory=dict)
-    train_model: nn.Module | None = None  # the model, or its torch.compile wrapper
+    train_model: nn.Module | None = None  # the model, or its DDP / torch.compile wrapper
     train_loader: Any = None
     test_loader: Any = None
     optimizer: Any = None
@@ -192,18 +170,19 @@ def _enter_phase(run: _Run, index: int) -> None:
         run.resized[phase.image_size] = (resize_images(run.train_set, phase.image_size),
                                          resize_images(run.test_set, phase.image_size))
     train_data, test_data = run.resized[phase.image_size]
-    common = dict(mean=run.mean, std=run.std, device=run.device)
+    common, p = dict(mean=run.mean, std=run.std, device=run.device), run.parallel
     run.train_loader = make_loader(train_data, c.batch_size, train=True, padding=phase.padding, flip=c.flip,
                                    policy=None if c.policy == "none" else c.policy, seed=c.seed + index,
-                                   num_workers=c.num_workers, **common)
-    run.test_loader = make_loader(test_data, 500, train=False, **common)
+                                   num_workers=c.num_workers, rank=p.rank, world_size=p.world_size, **common)
+    run.test_loader = make_loader(p.eval_shard(test_data), 500, train=False, **common)
+    run.train_model = p.wrap(run.model)  # before the optimiser: FSDP2 replaces the parameters by shards
     run.optimizer, run.scheduler = build_optimizer(run.model, c, len(run.train_loader), phase)
-    run.train_model = torch.compile(run.model) if c.compile else run.model
+    run.train_model = torch.compile(run.train_model) if c.compile else run.train_model
     run.index = index
 
 
 def _start(config: TrainConfig, train_set: ImageSet, test_set: ImageSet, device: torch.device,
-           model: nn.Module | None, out: Path | None, resume: bool) -> _Run:
+           model: nn.Module | None, out: Path | None, resume: bool, parallel: SingleProcess) -> _Run:
     """A new run, or the one in ``out/last.pt`` restored exactly, in the phase of its next epoch."""
     phases = config.phases()
     if model is not None and len(phases) > 1 and not isinstance(model, VisionTransformer):
@@ -217,7 +196,8 @@ def _start(config: TrainConfig, train_set: ImageSet, test_set: ImageSet, device:
     model = model.to(device)
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    run = _Run(config, device, train_set, test_set, mean, std, model, out / "last.pt" if out else None)
+    run = _Run(config, device, train_set, test_set, mean, std, model, out / "last.pt" if out else None, parallel)
+    parallel.seed(config.seed)  # after the weights, which every process draws alike
     if not resume:
         _enter_phase(run, 0)
         return run
@@ -227,18 +207,17 @@ def _start(config: TrainConfig, train_set: ImageSet, test_set: ImageSet, device:
         raise CheckpointError(f"{run.checkpoint} is not a training checkpoint (it lacks "
                               f"{sorted(needed - set(state))}); resume from another run's last.pt, or start over "
                               "with --overwrite")
-    diffs = _config_differences(state["config"], config)
+    diffs = config_differences(state["config"], config)
     if diffs:
         raise ValueError(f"{run.checkpoint} was written by a run with another configuration:\n  " + "\n  ".join(diffs)
                          + "\nresume with the same options, or start fresh in another --out")
     # A checkpoint is saved after the move to the next phase, so it belongs to the phase of its next epoch.
     _enter_phase(run, next(i for i, ph in enumerate(phases) if min(state["epoch"], config.epochs - 1) < ph.end_epoch))
-    run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
+    parallel.load_state_dicts(run.model, run.optimizer, state["model"], state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
     run.train_loader.load_state_dict(state["loader"])
-    set_rng_state(state["rng"])
+    set_rng_state(parallel.own(state)["rng"])
     run.epoch, run.step, run.history = state["epoch"], state["step"], state["history"]
     return run
 
@@ -306,7 +285,8 @@ def _train_one_epoch(run: _Run, loss_fn, progress: bool) -> dict:
         if _steps_done(run):
             break
     seconds = time.perf_counter() - t0
-    return {"train_loss": loss_sum.item() / max(seen, 1), "train_accuracy": correct.item() / max(seen, 1),
+    loss_sum, correct, seen = run.parallel.sum([loss_sum.item(), correct.item(), seen])  # every process's
+    return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
             "images_per_s": seen / seconds, "epoch_time_s": seconds}
 
 
@@ -334,8 +314,13 @@ def _record(run: _Run, train: dict, test: dict, eval_time: float, log) -> None:
 
 
 def _save(run: _Run, out: Path) -> None:
-    """``last.pt`` (everything to resume exactly; tensors and plain data only) and ``history.json``."""
-    save_checkpoint(out / "last.pt", model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
+    """``last.pt`` (everything to resume exactly; tensors and plain data only) and ``history.json``; every
+    process takes part (the state may be sharded), the main one writes."""
+    model, optimizer = run.parallel.state_dicts(run.model, run.optimizer)
+    ranks = run.parallel.gather({"rng": rng_state()})
+    if not run.parallel.is_main:
+        return
+    save_checkpoint(out / "last.pt", model=model, optimizer=optimizer, **({"ranks": ranks} if ranks else {}),
                     scheduler=run.scheduler.state_dict(), scaler=run.scaler.state_dict(),
                     loader=run.train_loader.state_dict(), rng=rng_state(), epoch=run.epoch, step=run.step,
                     history=run.history, config=run.config.to_dict(), mean=run.mean, std=run.std,
@@ -345,11 +330,6 @@ def _save(run: _Run, out: Path) -> None:
     atomic_write(lambda tmp: tmp.write_text(json.dumps(summary, indent=1)), out / "history.json")
 
 
-def _checkpoint_bytes(model: nn.Module) -> int:
-    """About the size of a checkpoint: the weights and AdamW's two moments, plus room for the rest."""
-    return 3 * sum(p.numel() * p.element_size() for p in model.parameters()) + 2**20
-
-
 # --------------------------------------------------------------------------- fit
 
 
@@ -357,7 +337,8 @@ def fit(config: TrainConfig, *, train_set: ImageSet | None = None, test_set: Ima
         out_dir: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
         device: torch.device | str | None = None, stop_after_epochs: int | None = None, progress: bool = True,
         log: Callable[[str], Any] | None = print, model: nn.Module | None = None,
-        loss_fn: Callable[[Any, Tensor, Tensor], Tensor] | None = None) -> FitResult:
+        loss_fn: Callable[[Any, Tensor, Tensor], Tensor] | None = None,
+        parallel: SingleProcess | None = None) -> FitResult:
     """Train a :class:`VisionTransformer` with ``config`` and return it with its history.
 
     Args:
@@ -375,15 +356,22 @@ def fit(config: TrainConfig, *, train_set: ImageSet | None = None, test_set: Ima
             ``config.epochs``); a later ``resume=True`` call continues exactly.
         progress: show a tqdm progress bar per epoch.
         log: called with one line per epoch (``None``: silent).
+        parallel: the processes this run shares (default: this one alone); chapter 11's
+            ``Distributed`` runs it on many, with progress, log and files on the main one only.
     """
     if resume and out_dir is None:
         raise ValueError("resume=True continues the run in out_dir; give out_dir")
-    out = prepare_out_dir(out_dir, resume=resume, overwrite=overwrite) if out_dir is not None else None
+    parallel = parallel or SingleProcess()
+    parallel.check(config)
+    main = parallel.is_main  # the others neither prepare nor write the folder, show nor log
+    out = None if out_dir is None else prepare_out_dir(out_dir, resume=resume, overwrite=overwrite) if main \
+        else Path(out_dir)
+    log, progress = (log, progress) if main else (None, False)
     device = torch.device(device) if device is not None else pick_device()
     train_set, test_set = _training_data(config, train_set, test_set)
-    run = _start(config, train_set, test_set, device, model, out, resume)
-    if out is not None:
-        check_room(out, _checkpoint_bytes(run.model))
+    run = _start(config, train_set, test_set, device, model, out, resume, parallel)
+    if out is not None and main:
+        check_room(out, checkpoint_bytes(run.model))
     if resume and log:
         log(f"resumed from {run.checkpoint} after epoch {run.epoch}")
     end = config.epochs if stop_after_epochs is None else min(config.epochs, run.epoch + stop_after_epochs)
@@ -391,6 +379,8 @@ def fit(config: TrainConfig, *, train_set: ImageSet | None = None, test_set: Ima
         train = _train_one_epoch(run, loss_fn, progress)
         t0 = time.perf_counter()
         test = evaluate(run.model, run.test_loader, device=device, amp=config.amp)
+        loss_sum, correct, count = parallel.sum([test["loss_sum"], test["correct"], test["count"]])
+        test = {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1)}  # each image once
         _record(run, train, test, time.perf_counter() - t0, log)
         if run.epoch == run.phases[run.index].end_epoch and run.index + 1 < len(run.phases):
             _enter_phase(run, run.index + 1)
