@@ -1,0 +1,141 @@
+"""Chapter 11 (issue 19): the trainer on 2 processes (gloo, CPU) computes what one process computes.
+
+Every test starts real processes (``spawn``: torch.multiprocessing, a free port on 127.0.0.1, one
+thread each), so each takes seconds, not minutes.
+
+Tolerances: one process at batch B and 2 at B/2 add the same per-image gradients in another order
+(each rank's mean, then the all-reduce's mean of the two), so weights agree to float32 rounding
+carried through a few AdamW steps: max |difference| < 1e-5 (weights are of order 0.1; a wrong shard,
+batch or schedule moves them by 1e-3 or more). Resume is compared bit for bit.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from _distributed_runs import loader_batches, sharded_evaluation
+from _tiny_runs import TINY_MODEL, TRAIN, tiny_config, tiny_data, write_image_folder
+from vit_from_scratch.checkpoints import load_checkpoint
+from vit_from_scratch.data import ImageSet
+from vit_from_scratch.distributed import fit_worker, free_port, spawn
+from vit_from_scratch.loaders import BatchLoader, Augment
+from vit_from_scratch.config import ViTConfig
+from vit_from_scratch.model import VisionTransformer
+
+TEST_ODD = tiny_data(31, 1)  # 31 test images: they do not divide between 2 processes
+NO_AUGMENT = dict(padding=0, flip=False)
+ATOL = 1e-5
+
+
+def _max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+@pytest.fixture(scope="module")
+def one_process():
+    """The reference: one process at the global batch of 16, augmentation off, 2 epochs = 12 steps."""
+    config = tiny_config(**NO_AUGMENT).to_dict()
+    return config, fit_worker(config, TRAIN, TEST_ODD)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ranks_at_half_the_batch_give_the_weights_of_one_process(one_process, tmp_path, strategy):
+    config, single = one_process
+    ranks = spawn(fit_worker, 2, config, TRAIN, TEST_ODD, strategy, out_dir=str(tmp_path / "run"))
+    torch.manual_seed(0)
+    start = VisionTransformer(ViTConfig.from_dict(TINY_MODEL)).state_dict()  # the weights before training
+    assert _max_difference(single["model"], start) > 1e-2  # training moved them far beyond ATOL
+    for r in ranks:
+        assert _max_difference(r["model"], single["model"]) < ATOL, strategy
+    h1, h2 = single["history"], ranks[0]["history"]
+    assert [h["step"] for h in h2] == [h["step"] for h in h1] == [6, 12]  # the schedule in global steps
+    assert [h["lr"] for h in h2] == pytest.approx([h["lr"] for h in h1], rel=1e-12)
+    assert [h["train_loss"] for h in h2] == pytest.approx([h["train_loss"] for h in h1], abs=1e-5)
+    assert [h["test_accuracy"] for h in h2] == [h["test_accuracy"] for h in h1]  # all 31 test images, once
+    # rank 0 wrote full weights: a plain VisionTransformer loads them and gives the same logits
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    plain = VisionTransformer(ViTConfig.from_dict(TINY_MODEL)).eval()
+    plain.load_state_dict(state["model"])
+    reference = VisionTransformer(ViTConfig.from_dict(TINY_MODEL)).eval()
+    reference.load_state_dict(single["model"])
+    images = TEST_ODD.images[:8].float() / 255
+    with torch.no_grad():
+        assert torch.allclose(plain(images), reference(images), atol=1e-4)
+    assert len(state["ranks"]) == 2 and not torch.equal(state["ranks"][0]["rng"]["torch"],
+                                                        state["ranks"][1]["rng"]["torch"])
+
+
+@pytest.mark.parametrize("policy", [None, "trivialaugment"])
+def test_with_augmentation_the_ranks_read_disjoint_halves_of_every_batch(policy):
+    numbered = ImageSet(TRAIN.images, torch.arange(len(TRAIN)), TRAIN.classes)  # labels name the images
+    single = loader_batches(numbered, 16, policy)
+    ranks = spawn(loader_batches, 2, numbered, 16, policy)
+    assert ranks[0]["steps"] == ranks[1]["steps"] == single["steps"] == 6
+    for step, (a, b) in enumerate(zip(ranks[0]["labels"], ranks[1]["labels"])):
+        assert len(a) == len(b) == 8 and not set(a.tolist()) & set(b.tolist())
+        if step < 6 or policy:  # one process draws the crops from the order's generator: epoch 2 differs
+            assert torch.equal(torch.cat([a, b]), single["labels"][step])
+    seen = torch.cat([torch.cat(r["labels"][:6]) for r in ranks])
+    assert len(set(seen.tolist())) == 96  # one epoch: every image once, on one rank
+    if policy:  # per-image seeds: each image is augmented exactly as in one process
+        assert torch.equal(torch.cat([ranks[0]["images"][0], ranks[1]["images"][0]]), single["images"][0])
+    else:  # each rank draws its own crops and flips: not a copy of the other rank's draws
+        assert not torch.equal(ranks[0]["images"][0], single["images"][0][:8])
+
+
+def test_resume_on_two_ranks_continues_bit_exactly(tmp_path):
+    config = tiny_config(mixup=0.8, cutmix=1.0, model={**TINY_MODEL, "drop_path": 0.1}).to_dict()
+    straight = spawn(fit_worker, 2, config, TRAIN, TEST_ODD, "ddp", out_dir=str(tmp_path / "a"))
+    spawn(fit_worker, 2, config, TRAIN, TEST_ODD, "ddp", out_dir=str(tmp_path / "b"), stop_after_epochs=1)
+    resumed = spawn(fit_worker, 2, config, TRAIN, TEST_ODD, "ddp", out_dir=str(tmp_path / "b"), resume=True)
+    a, b = straight[0]["model"], resumed[0]["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["train_loss"] for h in straight[0]["history"]] == [h["train_loss"] for h in resumed[0]["history"]]
+    history = json.loads((tmp_path / "b" / "history.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_evaluation_counts_every_test_image_once():
+    ranks = spawn(sharded_evaluation, 2, TEST_ODD, TINY_MODEL)
+    r0, r1 = ranks
+    assert (r0["shard"], r1["shard"]) == (16, 16) and (r0["local_count"], r1["local_count"]) == (16, 15)
+    assert r0["batches"] == r1["batches"]  # the same number of forward passes on every rank
+    assert r0["count"] == r1["count"] == 31
+    torch.manual_seed(0)
+    model = VisionTransformer(ViTConfig.from_dict(TINY_MODEL))
+    from _distributed_runs import MEAN, STD
+    from vit_from_scratch.loaders import make_loader
+    from vit_from_scratch.training import evaluate
+
+    single = evaluate(model, make_loader(TEST_ODD, 4, train=False, mean=MEAN, std=STD), device="cpu")
+    assert r0["correct"] == single["correct"]
+    assert r0["loss_sum"] == pytest.approx(single["loss_sum"], rel=1e-6)
+    assert len(r0["errors"]) == 1 and "multiple of 2" in r0["errors"][0]
+
+
+def test_a_batch_that_does_not_divide_is_refused():
+    half = (0.5, 0.5, 0.5)
+    with pytest.raises(ValueError, match="multiple of the number of processes"):
+        BatchLoader(TRAIN, 15, Augment(half, half, train=True), shuffle=True, drop_last=True, rank=0, world_size=2)
+
+
+def test_the_command_line_runs_under_torchrun(tmp_path):
+    data = write_image_folder(tmp_path / "data")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "vit_from_scratch.distributed", "--data-dir", str(data), "--out",
+           str(tmp_path / "run"), "--device", "cpu", "--model", json.dumps(TINY_MODEL), "--epochs", "1",
+           "--batch-size", "16", "--low-res-epochs", "0", "--no-progress"]
+    done = subprocess.run(run, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("epoch   1/1") == 1  # one log line: rank 0's
+    assert (tmp_path / "run" / "last.pt").exists()
+    plain = subprocess.run([sys.executable, "-m", "vit_from_scratch.cli", "--help"], capture_output=True,
+                           text=True, env={**env, "WORLD_SIZE": "2"})
+    assert plain.returncode == 0  # --help is answered before the check
