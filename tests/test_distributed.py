@@ -136,6 +136,11 @@ def test_the_command_line_runs_under_torchrun(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("epoch   1/1") == 1  # one log line: rank 0's
     assert (tmp_path / "run" / "last.pt").exists()
-    plain = subprocess.run([sys.executable, "-m", "vit_from_scratch.cli", "--help"], capture_output=True,
-                           text=True, env={**env, "WORLD_SIZE": "2"})
-    assert plain.returncode == 0  # --help is answered before the check
+
+
+def test_the_one_process_command_refuses_to_run_under_torchrun(monkeypatch, capsys):
+    from vit_from_scratch import cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets in each of its processes
+    assert cli.main(["--out", "unused"]) == 2
+    assert "vit_from_scratch.distributed" in capsys.readouterr().err
