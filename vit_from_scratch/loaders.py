@@ -19,8 +19,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .data import ImageSet, normalize
+from .policies import trivial_augment
 
-__all__ = ["Augment", "BatchLoader", "WorkerLoader", "make_loader", "mixup_cutmix"]
+__all__ = ["Augment", "BatchLoader", "WorkerLoader", "make_loader", "mixup_cutmix", "AUGMENT_ON"]
+
+AUGMENT_ON = ("auto", "device", "workers")  # where a training policy runs (make_loader)
 
 
 class Augment:
@@ -28,7 +31,10 @@ class Augment:
     horizontal flip, drawn independently for every image, then normalisation to float.
 
     ``policy`` ("trivialaugment" or "randaugment") adds torchvision's per-image policy, applied
-    image by image (use :class:`WorkerLoader` on a CPU to spread that over worker processes).
+    image by image when called (use :class:`WorkerLoader` on a CPU to spread that over worker processes).
+    :meth:`batch`, which :class:`BatchLoader` calls (the GPU path), runs TrivialAugment on the whole batch
+    instead (:func:`~vit_from_scratch.policies.trivial_augment`: the same operations and strengths, no
+    Python loop over the images).
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], *, train: bool, padding: int = 4,
@@ -37,6 +43,7 @@ class Augment:
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.train, self.padding, self.flip = train, padding, flip
         self.policy = _policy(policy) if train else None
+        self.policy_name = policy if self.policy is not None else None
 
     def geometric(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Random crop (with ``padding``) and flip, per image, in one batched gather. uint8 in, uint8 out."""
@@ -65,6 +72,13 @@ class Augment:
             if self.policy is not None:
                 images = torch.stack([self.policy(im) for im in images])
         return self.normalize(images)
+
+    def batch(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Like calling it, but TrivialAugment runs batched on the images' device, its draws from
+        ``generator`` (the other policies still go image by image)."""
+        if not (self.train and self.policy_name == "trivialaugment"):
+            return self(images, generator)
+        return self.normalize(trivial_augment(self.geometric(images, generator), generator))
 
 
 def _policy(name: str | None):
@@ -116,7 +130,7 @@ class BatchLoader:
             self.epoch += 1
         for i in range(len(self)):
             index = order[i * self.batch_size:(i + 1) * self.batch_size][self.rank * b:(self.rank + 1) * b]
-            yield self.augment(self.data.images[index], crops), self.data.labels[index]
+            yield self.augment.batch(self.data.images[index], crops), self.data.labels[index]
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), **({"epoch": self.epoch} if self.world_size > 1 else {})}
@@ -244,20 +258,26 @@ class WorkerLoader:
 def make_loader(data: ImageSet, batch_size: int, *, train: bool, mean: Sequence[float], std: Sequence[float],
                 device: torch.device | str = "cpu", policy: str | None = None, padding: int = 4,
                 flip: bool = True, seed: int = 0, num_workers: int | None = None, rank: int = 0,
-                world_size: int = 1) -> BatchLoader | WorkerLoader:
+                world_size: int = 1, augment_on: str = "auto") -> BatchLoader | WorkerLoader:
     """The right loader for the job.
 
     * test, or no per-image policy, or a GPU: :class:`BatchLoader` (data on ``device``, batched
-      augmentation there; a per-image policy then runs on the device too);
+      augmentation there, TrivialAugment included; other policies then go image by image there);
     * training with a per-image policy on a CPU: :class:`WorkerLoader` (worker processes; with
       ``num_workers=0`` in this process, drawing the same batches, so a run may resume with another count).
+
+    ``augment_on`` overrides the choice for a training loader with a policy: "device" takes the GPU's
+    path (:class:`BatchLoader`) on any device, "workers" the CPU's (:class:`WorkerLoader`).
 
     ``rank`` of ``world_size`` processes (chapter 11): ``batch_size`` is the global batch, of which this
     process reads its slice.
     """
+    if augment_on not in AUGMENT_ON:
+        raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
     augment = Augment(mean, std, train=train, padding=padding, flip=flip, policy=policy)
     device = torch.device(device)
-    if train and augment.policy is not None and device.type == "cpu":
+    workers = device.type == "cpu" if augment_on == "auto" else augment_on == "workers"
+    if train and augment.policy is not None and workers:
         return WorkerLoader(data, batch_size, augment, shuffle=True, drop_last=True, seed=seed,
                             num_workers=num_workers, rank=rank, world_size=world_size)
     return BatchLoader(data, batch_size, augment, shuffle=train, drop_last=train, seed=seed, device=device,

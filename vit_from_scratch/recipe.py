@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .config import ViTConfig
+from .loaders import AUGMENT_ON
 
 __all__ = ["TrainConfig", "Phase", "PRESETS", "preset", "param_groups", "warmup_cosine", "build_optimizer",
            "autocast_dtype", "config_differences"]
@@ -49,6 +50,8 @@ class TrainConfig:
     padding: int = _opt(4, "random-crop padding in pixels (0: no crop)")
     flip: bool = _opt(True, "random horizontal flips")
     policy: str = _opt("none", "per-image augmentation policy: none, trivialaugment, randaugment, autoaugment")
+    augment_on: str = _opt("auto", "where the policy runs: auto (batched on a GPU, worker processes on a CPU), "
+                           "device (the GPU's batched path, on any device) or workers")
     mixup: float = _opt(0.0, "MixUp Beta(alpha, alpha); 0: off")
     cutmix: float = _opt(0.0, "CutMix Beta(alpha, alpha); 0: off")
     amp: str = _opt("auto", "mixed precision: auto (bf16 on GPUs that have it, fp16 on others, off on CPU), bf16, "
@@ -80,6 +83,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be 0 or more (or None), got {getattr(self, name)}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ValueError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        if self.augment_on not in AUGMENT_ON:
+            raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {self.augment_on!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
