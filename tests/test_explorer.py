@@ -180,7 +180,8 @@ def test_the_pages_load_nothing_from_outside(explorer):
 
 def test_two_explorers_on_one_page_have_their_own_ids(explorer):
     data = explorer[2]
-    pages = [attention_explorer_html(data), attention_explorer_html(data), patch_grid_explorer_html(torch.rand(3, 32, 32), (8,))]
+    pages = [attention_explorer_html(data), attention_explorer_html(data),
+             patch_grid_explorer_html(torch.rand(3, 32, 32), (8,))]
     ids = [_Page(p).roots[0]["id"] for p in pages]
     assert len(set(ids)) == 3
     for p, i in zip(pages, ids):  # each script looks up its own root, and only that one
