@@ -1,4 +1,4 @@
-"""Two repairs to the book's HTML pages, as a local Sphinx extension (`sphinx.local_extensions` in
+"""Repairs to the book's HTML pages, as a local Sphinx extension (`sphinx.local_extensions` in
 `_config.yml`).
 
 1. MathJax is served with the book. The pages load `_static/mathjax/tex-mml-chtml.js`
@@ -14,6 +14,8 @@
    registers `const THEBE_JS_URL = ...` that way, so every page raised "Identifier 'THEBE_JS_URL' has
    already been declared"; sphinx-togglebutton's selector was doubled the same way. The page's
    script list is made unique just before the page is written.
+
+3. `static/book_pages.css`: code at a size where a line of 88 characters fits a desktop page.
 """
 
 from __future__ import annotations
@@ -90,8 +92,15 @@ def unique_scripts(app: Sphinx, pagename: str, templatename: str, context: dict,
     scripts[:] = unique  # in place: the builder restores its own list after each page
 
 
+def add_stylesheet(app: Sphinx) -> None:
+    """Serve static/book_pages.css with the pages."""
+    app.config.html_static_path.append(str(Path(__file__).resolve().parent / "static"))
+    app.add_css_file("book_pages.css")
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
-    """Register the two repairs."""
+    """Register the repairs."""
+    app.connect("builder-inited", add_stylesheet)
     app.connect("config-inited", check_mathjax_path)
     app.connect("build-finished", copy_mathjax)
     # After every other handler, so scripts that those add to this page are seen too.
