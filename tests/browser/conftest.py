@@ -1,5 +1,6 @@
 """Fixtures of the browser tests: the book built once per session (or the build VIT_BOOK_HTML names),
-served on loopback, and one headless Chromium at desktop width."""
+served on loopback, and one headless Chromium at desktop width. The build needs no browser: the
+checks of its HTML text (test_html.py) run everywhere."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def browser_paths():
 
 
 @pytest.fixture(scope="session")
-def book_html(tmp_path_factory, browser_paths) -> Path:
+def book_html(tmp_path_factory) -> Path:
     """The built book's HTML folder: VIT_BOOK_HTML if set (a build of this checkout), else a fresh build."""
     given = os.environ.get("VIT_BOOK_HTML")
     if given:
