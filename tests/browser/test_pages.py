@@ -41,7 +41,9 @@ return {
   downloads: Array.from(document.querySelectorAll('.btn-download-source-button')).map(
       a => a.href || a.getAttribute('onclick') || ''),
   footer: Array.from(document.querySelectorAll('footer')).map(f => f.textContent).join(' '),
-  cutCode: pres.filter(p => !isOutput(p) && cut(p)).map(p => [p.scrollWidth, p.clientWidth, text(p)]),
+  cutCells: pres.filter(p => p.closest('.cell_input') && cut(p)).map(p => [p.scrollWidth, p.clientWidth, text(p)]),
+  cutBlocks: pres.filter(p => !isOutput(p) && !p.closest('.cell_input') && cut(p)).map(
+      p => [p.scrollWidth, p.clientWidth, text(p)]),
   cutOutput: pres.filter(p => isOutput(p) && cut(p)).length,
 };
 """
@@ -120,8 +122,21 @@ def test_buttons_point_at_the_configured_repository(pages, page):
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_no_code_is_cut_off_at_desktop_width(pages, page):
-    cut = pages[page]["cutCode"]
+def test_no_code_cell_is_cut_off_at_desktop_width(pages, page):
+    cut = pages[page]["cutCells"]
+    assert not cut, f"{page}: code wider than its box at 1280 px (scrollWidth, clientWidth, longest line): {cut}"
+
+
+# Pages whose prose shows package source (literalinclude) or commands with lines over 88 characters,
+# cut off at 1280 px. Strict: when a page's blocks fit, its xfail fails, and it leaves this list.
+LONG_LINES_IN_BLOCKS = set()
+
+
+@pytest.mark.parametrize("page", [
+    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="package source lines over 88 characters"))
+    if p in LONG_LINES_IN_BLOCKS else p for p in PAGES])
+def test_no_code_block_in_the_prose_is_cut_off_at_desktop_width(pages, page):
+    cut = pages[page]["cutBlocks"]
     assert not cut, f"{page}: code wider than its box at 1280 px (scrollWidth, clientWidth, longest line): {cut}"
 
 
