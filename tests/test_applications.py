@@ -50,6 +50,29 @@ def test_missing_eurosat_names_both_ways_to_get_it(tmp_path):
     assert "eurosat/2750" in message and "download=True" in message and "VIT_DATA_DIR" in message
 
 
+def test_eurosat_is_downloaded_by_torchvision_when_the_network_allows(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    import vit_from_scratch.datasets as datasets
+    calls = []
+    real = torchvision.datasets.EuroSAT
+
+    def fake(root, download=False):  # what torchvision's download leaves behind, then its own checks
+        calls.append(download)
+        if download:
+            _eurosat_tree(Path(root), per_class=2)
+        return real(root)
+
+    monkeypatch.setattr(torchvision.datasets, "EuroSAT", fake)
+    monkeypatch.setattr(datasets, "network_available", lambda host: False)
+    with pytest.raises(FileNotFoundError, match="no network"):
+        load_eurosat(tmp_path)  # download=None asks the network first
+    assert calls == []
+    monkeypatch.setattr(datasets, "network_available", lambda host: True)
+    data = load_eurosat(tmp_path)
+    assert calls == [True, False] and len(data) == 20  # downloaded, then read by the same call
+
+
 def test_three_way_split_is_stratified_disjoint_and_fixed():
     labels = torch.arange(10).repeat_interleave(20)  # 10 classes x 20
     images = torch.arange(200, dtype=torch.int64).view(200, 1, 1, 1)
@@ -172,9 +195,10 @@ def test_class_weights_balance_the_classes_and_the_weighted_loss_uses_them():
     logits, targets = torch.randn(8, 2), torch.nn.functional.one_hot(labels, 2).float()
     plain = weighted_cross_entropy(None)(logits, targets, None)
     assert plain.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-6)
-    weighted = weighted_cross_entropy(w)(logits, targets, None)
     per = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-    assert weighted.item() == pytest.approx(((w[labels] * per).sum() / w[labels].sum()).item(), rel=1e-6)
+    other = torch.tensor([1.0, 3.0])  # weights whose batch sum is not the batch size
+    weighted = weighted_cross_entropy(other)(logits, targets, None)
+    assert weighted.item() == pytest.approx((other[labels] * per).mean().item(), rel=1e-6)
 
 
 # Localisation -----------------------------------------------------------------------------------

@@ -59,16 +59,17 @@ def load_eurosat(root: str | os.PathLike | None = None, *, size: int = 64,
     root = Path(root) if root is not None else default_data_dir()
     folder = root / "eurosat" / "2750"
     if not folder.is_dir():
+        reason = "download=False"
         if download is None:
             download = network_available(_EUROSAT_HOST)
-        reason = "download=False" if not download else ""
+            reason = f"{_EUROSAT_HOST} cannot be reached (no network?)"
         if download:
             try:
                 EuroSAT(str(root), download=True)
             except Exception as error:  # no network, a proxy, a read-only disk...
                 reason = f"downloading failed ({type(error).__name__}: {error})"
         if not folder.is_dir():
-            raise _missing("EuroSAT", root, reason or "no network", f"{folder}/<class>/*.jpg",
+            raise _missing("EuroSAT", root, reason, f"{folder}/<class>/*.jpg",
                            "let torchvision download it: torchvision.datasets.EuroSAT(root, download=True)")
     classes = tuple(EuroSAT(str(root)).classes)  # the same call reads the offline copy
     decoded = load_image_folder(folder, classes=classes)

@@ -106,8 +106,9 @@ def class_weights(labels: Tensor, num_classes: int) -> Tensor:
 
 def weighted_cross_entropy(weights: Tensor | None, *, label_smoothing: float = 0.0):
     """A ``loss_fn(output, targets, images)`` for :func:`~vit_from_scratch.training.fit`: cross-entropy
-    with per-class ``weights`` (``None``: unweighted), normalised by the weights of the batch, like
-    ``F.cross_entropy(weight=...)``. ``targets`` are the (soft) class distributions ``fit`` passes."""
+    with per-class ``weights`` (``None``: unweighted), each image's loss times its class's weight,
+    averaged over the batch. ``targets`` are the (soft) class distributions ``fit`` passes; with
+    :func:`class_weights` the weights average to 1 over the training set, so the loss keeps its scale."""
 
     def loss_fn(output, targets: Tensor, images: Tensor) -> Tensor:
         logits = output[0] if isinstance(output, (tuple, list)) else output
