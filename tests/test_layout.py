@@ -20,7 +20,7 @@ CHAPTER = {
     "efficiency": 8,
     "cnn": 9, "distillation": 9,
     "windows": 10, "hybrid": 10,
-    "mae": 12,
+    "mae": 12, "probe": 12,
 }
 MAX_LINES = 410  # "about 400": a file a reader takes in at one sitting
 

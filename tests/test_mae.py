@@ -180,3 +180,11 @@ def test_pretraining_lowers_the_loss_and_resumes_exactly(tmp_path):
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, msg=f"{name} differs after resuming")
+
+
+def test_a_given_masking_is_used_as_it_is():
+    mae = _mae()
+    images = torch.randn(2, 3, 8, 8)
+    m = random_masking(2, 16, 0.5, generator=torch.Generator().manual_seed(9))
+    a, b = mae(images, masking=m), mae(images, masking=m, mask_ratio=0.0)
+    assert a.masking is m and torch.equal(a.pred, b.pred)

@@ -211,11 +211,14 @@ class MaskedAutoencoder(nn.Module):
             x = block(x)
         return self.decoder_pred(self.decoder_norm(x))[:, T:]  # (B, T+N, E) -> (B, N, L)
 
-    def forward(self, images: Tensor, *, mask_ratio: float | None = None,
-                generator: torch.Generator | None = None) -> MAEOutput:
-        ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-        masking = random_masking(images.shape[0], self.encoder.config.num_patches, ratio,
-                                 device=images.device, generator=generator)
+    def forward(self, images: Tensor, *, mask_ratio: float | None = None, generator: torch.Generator | None = None,
+                masking: Masking | None = None) -> MAEOutput:
+        """Mask (a fresh random masking at ``mask_ratio``, default the model's, or the ``masking`` given),
+        encode the visible patches, decode all, and the loss on the masked ones."""
+        if masking is None:
+            ratio = self.mask_ratio if mask_ratio is None else mask_ratio
+            masking = random_masking(images.shape[0], self.encoder.config.num_patches, ratio,
+                                     device=images.device, generator=generator)
         pred = self.forward_decoder(self.forward_encoder(images, masking), masking)
         target = patch_targets(images, self.encoder.config.patch_size, norm_pix=self.norm_pix)
         return MAEOutput(mae_loss(pred, target, masking.mask), pred, masking)
