@@ -22,6 +22,7 @@ CHAPTER = {
     "cnn": 9, "distillation": 9,
     "windows": 10, "hybrid": 10,
     "distributed": 11,
+    "mae": 12, "probe": 12,
     "datasets": 13, "transfer": 13,
 }
 MAX_LINES = 410  # "about 400": a file a reader takes in at one sitting
