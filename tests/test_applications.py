@@ -115,6 +115,35 @@ def test_magnetic_tiles_resize_to_one_size_gray_in_three_channels_with_masks(tmp
     assert abs(tiles.masks.float().mean().item() / 255 - 0.25) < 0.02
 
 
+def test_magnetic_tiles_are_downloaded_from_the_authors_repository_when_the_network_allows(tmp_path, monkeypatch):
+    import urllib.request
+    import zipfile
+
+    import vit_from_scratch.datasets as datasets
+    tree = _tile_tree(tmp_path / "source", per_class=2) / "magnetic-tile"
+    archive = tmp_path / "repo.zip"
+    with zipfile.ZipFile(archive, "w") as z:  # GitHub's archive: everything under one top folder
+        for path in tree.rglob("*"):
+            z.write(path, f"Magnetic-tile-defect-datasets.-cc4eb53/{path.relative_to(tree)}")
+    urls = []
+    monkeypatch.setattr(urllib.request, "urlretrieve", lambda url, to: urls.append(url) or shutil_copy(archive, to))
+    monkeypatch.setattr(datasets, "network_available", lambda host: False)
+    with pytest.raises(FileNotFoundError, match="no network"):
+        load_magnetic_tiles(tmp_path / "data")  # download=None asks the network first
+    assert urls == []
+    monkeypatch.setattr(datasets, "network_available", lambda host: True)
+    tiles = load_magnetic_tiles(tmp_path / "data", size=16)
+    assert urls == [datasets.MAGNETIC_TILE_URL] and len(tiles) == 12
+    assert (tmp_path / "data" / "magnetic-tile" / "MT_Free" / "Imgs").is_dir()
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["magnetic-tile"]  # no leftovers
+    assert len(load_magnetic_tiles(tmp_path / "data", size=16)) == 12 and urls == [datasets.MAGNETIC_TILE_URL]
+
+
+def shutil_copy(a, b):
+    import shutil
+    shutil.copy(a, b)
+
+
 def test_masked_split_keeps_every_mask_with_its_image(tmp_path):
     tiles = load_magnetic_tiles(_tile_tree(tmp_path, per_class=10), size=16)
     tiles.masks[:] = tiles.data.images[:, :1]  # a mask that names its image
@@ -127,7 +156,7 @@ def test_masked_split_keeps_every_mask_with_its_image(tmp_path):
 
 def test_malformed_or_missing_tile_tree_is_explained(tmp_path):
     with pytest.raises(FileNotFoundError, match="Magnetic-tile-defect-datasets"):
-        load_magnetic_tiles(tmp_path / "nothing")
+        load_magnetic_tiles(tmp_path / "nothing", download=False)
     root = _tile_tree(tmp_path / "a")
     (root / "magnetic-tile/MT_Crack/Imgs/Crack_2.png").unlink()
     with pytest.raises(ValueError, match="Crack_2.jpg has no mask"):

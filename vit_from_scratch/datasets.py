@@ -32,7 +32,9 @@ __all__ = ["EUROSAT_CLASSES", "MAGNETIC_TILE_CLASSES", "MAGNETIC_TILE_URL", "Mas
 EUROSAT_CLASSES = ("AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
                    "PermanentCrop", "Residential", "River", "SeaLake")
 MAGNETIC_TILE_CLASSES = ("Blowhole", "Break", "Crack", "Fray", "Free", "Uneven")  # "Free": defect-free
-MAGNETIC_TILE_URL = "https://github.com/abin24/Magnetic-tile-defect-datasets./archive/refs/heads/master.zip"
+# The authors' repository at the commit of the offline copy (../shared/data), as GitHub's zip archive
+MAGNETIC_TILE_URL = "https://github.com/abin24/Magnetic-tile-defect-datasets./archive/cc4eb53.zip"
+_GITHUB_HOST = "github.com"
 _EUROSAT_HOST = "huggingface.co"  # where torchvision.datasets.EuroSAT downloads from
 
 
@@ -150,22 +152,60 @@ def _tile_files(folder: Path) -> list[tuple[Path, Path, int]]:
     return files
 
 
-def load_magnetic_tiles(root: str | os.PathLike | None = None, *, size: int = 64) -> MaskedImageSet:
+def _download_magnetic_tiles(root: Path) -> None:
+    """The authors' repository as GitHub's zip archive, unpacked so that ``root/magnetic-tile/MT_*`` exist;
+    moved into place only when complete, so an interrupted download leaves nothing half-written."""
+    import shutil
+    import tempfile
+    import urllib.request
+    import zipfile
+
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".magnetic-tile-") as tmp:
+        archive = Path(tmp) / "archive.zip"
+        urllib.request.urlretrieve(MAGNETIC_TILE_URL, archive)
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(Path(tmp) / "unpacked")  # zipfile drops absolute paths and ".." parts
+        top = next((p.parent for p in sorted((Path(tmp) / "unpacked").rglob("MT_Free"))), None)
+        if top is None:
+            raise ValueError(f"{MAGNETIC_TILE_URL} holds no MT_<Class> folders: the repository changed")
+        shutil.move(str(top), str(root / "magnetic-tile"))
+
+
+def load_magnetic_tiles(root: str | os.PathLike | None = None, *, size: int = 64,
+                        download: bool | None = None) -> MaskedImageSet:
     """All 1,344 magnetic-tile images and their masks, resized to ``size`` x ``size``.
 
     The photographs are 103-632 by 222-403 pixels, so one size is chosen on purpose: each image and its
     mask are resized the same way (antialiased bilinear) to a square, which stretches some tiles but keeps
     every defect in the picture. The grayscale channel is repeated three times, so that a model made for
     RGB sees the same picture in every channel (its patch embedding then acts as one grayscale filter, the
-    sum of its three colour filters). Looks in ``root/magnetic-tile`` (``root`` default: ``VIT_DATA_DIR``).
+    sum of its three colour filters). Looks in ``root/magnetic-tile`` (``root`` default: ``VIT_DATA_DIR``);
+    when it is missing, downloads the authors' repository there (``download``: ``None`` tries only when
+    the network answers).
     """
     root = Path(root) if root is not None else default_data_dir()
-    folder = root / "magnetic-tile" if (root / "magnetic-tile").is_dir() else root
-    if not any(folder.glob("MT_*")):
-        raise _missing("The magnetic-tile defect data set", root, "it is not downloaded automatically",
+
+    def found() -> Path | None:
+        folder = root / "magnetic-tile" if (root / "magnetic-tile").is_dir() else root
+        return folder if any(folder.glob("MT_*")) else None
+
+    if found() is None:
+        reason = "download=False"
+        if download is None:
+            download = network_available(_GITHUB_HOST)
+            reason = f"{_GITHUB_HOST} cannot be reached (no network?)"
+        if download:
+            try:
+                _download_magnetic_tiles(root)
+            except Exception as error:  # no network, a proxy, a read-only disk, a changed repository...
+                reason = f"downloading failed ({type(error).__name__}: {error})"
+    folder = found()
+    if folder is None:
+        raise _missing("The magnetic-tile defect data set", root, reason,
                        f"{root}/magnetic-tile/MT_<Class>/Imgs/<name>.jpg",
                        f"download the authors' repository ({MAGNETIC_TILE_URL}) and unpack it as "
-                       f"{root}/magnetic-tile")
+                       f"{root}/magnetic-tile (load_magnetic_tiles(download=True) does that)")
     files = _tile_files(folder)
     images = torch.empty((len(files), 1, size, size), dtype=torch.uint8)
     masks = torch.empty_like(images)
