@@ -1,12 +1,15 @@
 """Short training probes: variants of the chapter 6 recipe, two at a time, each on one CPU thread.
 
 Run by hand (not collected by pytest). Each variant is the ``cifar10-cpu`` preset with some fields
-replaced, trained with ``fit`` on all of CIFAR-10 for a short schedule (two epochs by default, the
-warmup and cosine compressed to fit). Two variants run side by side in separate processes with one
-thread each, which uses a 2-core machine better than one run on two threads. The probes rank choices
-for the full run (batch size, learning rate, pooling); a two-epoch ranking is a hint, not a proof.
+replaced, trained with ``fit`` for a short schedule (two epochs by default, the warmup and cosine
+compressed to fit) and evaluated on the validation split (``--select-on val``, the default: 45,000
+training images, 5,000 held out; see ``probe_data.py``). Probes choose, so they never print a test
+accuracy. Every variant runs once per seed (``--seeds 0 1``) and the summary gives the mean and the
+spread (max - min) of the seeds: a difference between variants smaller than the spread is noise.
+Two runs go side by side in separate processes with one thread each, which uses a 2-core machine
+better than one run on two threads. A two-epoch ranking is a hint for the full run, not a proof.
 
-    VIT_DATA_DIR=/path/to/data python tests/benchmarks/recipe_probe.py \\
+    VIT_DATA_DIR=/path/to/data python tests/benchmarks/recipe_probe.py --seeds 0 1 \\
         --variant '{"batch_size": 128, "lr": 1.5e-3}' --variant '{"batch_size": 32, "lr": 1e-3}' \\
         --json probes.json
 """
@@ -16,43 +19,74 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from probe_data import add_select_on, named_history, probe_sets  # noqa: E402
 
-def _probe(overrides: dict) -> dict:
+
+def probe(overrides: dict, select_on: str = "val", data=None) -> dict:
+    """Train the ``cifar10-cpu`` preset with ``overrides`` and return its history and final accuracy,
+    named after the set it was measured on (``validation_accuracy`` unless ``select_on="test"``)."""
     import torch
 
-    torch.set_num_threads(1)
-    from vit_from_scratch.data import load_cifar10
     from vit_from_scratch.runtime import environment_report
     from vit_from_scratch.recipe import preset
     from vit_from_scratch.training import fit
 
-    train_set, test_set = load_cifar10()
+    train_set, eval_set, name = probe_sets(select_on, data)
     config = preset("cifar10-cpu", **overrides)
     t0 = time.perf_counter()
-    result = fit(config, train_set=train_set, test_set=test_set, device="cpu", progress=False, log=None)
-    return {"overrides": overrides, "test_accuracy": result.history[-1]["test_accuracy"],
-            "history": result.history, "seconds": time.perf_counter() - t0,
-            "environment": environment_report(torch.device("cpu")) + " | 1 thread per probe"}
+    result = fit(config, train_set=train_set, test_set=eval_set, device="cpu", progress=False, log=None)
+    history = named_history(result.history, name)
+    return {"overrides": overrides, "evaluated_on": name, f"{name}_accuracy": history[-1][f"{name}_accuracy"],
+            "train_images": len(train_set), "history": history, "seconds": time.perf_counter() - t0,
+            "environment": environment_report(torch.device("cpu")) + f" | {torch.get_num_threads()} thread(s)"}
 
 
-def main() -> None:
+def summary(results: list[dict]) -> list[str]:
+    """One line per variant: mean and spread of its seeds' final accuracies."""
+    by_variant: dict[str, list[dict]] = {}
+    for r in results:
+        key = json.dumps({k: v for k, v in r["overrides"].items() if k != "seed"}, sort_keys=True)
+        by_variant.setdefault(key, []).append(r)
+    lines = []
+    for key, runs in by_variant.items():
+        name = runs[0]["evaluated_on"]
+        accs = [r[f"{name}_accuracy"] for r in runs]
+        lines.append(f"{name} {statistics.mean(accs):.2%} (spread {max(accs) - min(accs):.2%}, "
+                     f"{len(accs)} seed{'s' * (len(accs) > 1)})  {key}")
+    return lines
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", action="append", required=True, help="TrainConfig overrides as JSON")
     parser.add_argument("--epochs", type=int, default=2, help="schedule length of every probe")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="one run per seed and variant")
+    add_select_on(parser)
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.child:  # one probe, in its own process
-        print(json.dumps(_probe(json.loads(args.child))))
+        import torch
+
+        torch.set_num_threads(1)
+        print(json.dumps(probe(json.loads(args.child), args.select_on)))
         return
-    variants = [{"epochs": args.epochs, "low_res_epochs": 0, **json.loads(v)} for v in args.variant]  # one size unless asked
+    variants = [{"epochs": args.epochs, "low_res_epochs": 0, **json.loads(v), "seed": seed}  # one size unless asked
+                for v in args.variant for seed in args.seeds]
     results = []
     for i in range(0, len(variants), 2):  # two at a time, one thread each
-        procs = [subprocess.Popen([sys.executable, __file__, "--variant", "{}", "--child", json.dumps(v)],
+        procs = [subprocess.Popen([sys.executable, __file__, "--variant", "{}", "--select-on", args.select_on,
+                                   "--child", json.dumps(v)],
                                   stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
                  for v in variants[i:i + 2]]
         for proc in procs:
@@ -60,7 +94,10 @@ def main() -> None:
             if proc.returncode:
                 sys.exit(f"a probe failed (exit {proc.returncode})")
             results.append(json.loads(out.strip().splitlines()[-1]))
-            print(f"{results[-1]['test_accuracy']:.2%}  {json.dumps(results[-1]['overrides'])}", flush=True)
+            r = results[-1]
+            print(f"{r['evaluated_on']} {r[r['evaluated_on'] + '_accuracy']:.2%}  {json.dumps(r['overrides'])}",
+                  flush=True)
+    print("\n".join(summary(results)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
