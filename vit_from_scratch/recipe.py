@@ -16,7 +16,9 @@ from .config import ViTConfig
 from .loaders import AUGMENT_ON
 
 __all__ = ["TrainConfig", "Phase", "PRESETS", "preset", "param_groups", "warmup_cosine", "build_optimizer",
-           "autocast_dtype", "config_differences"]
+           "MuonAdamW", "muon_parameters", "autocast_dtype", "config_differences"]
+
+OPTIMIZERS = ("adamw", "muon")
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
@@ -43,6 +45,8 @@ class TrainConfig:
                                            "model moves to full size (default: lr)")
     full_res_warmup_epochs: float | None = _opt(None, "warmup of that second schedule in epochs (default: "
                                                       "warmup_epochs)")
+    optimizer: str = _opt("adamw", "adamw, or muon: Muon for the encoder blocks' weight matrices (AdamW's learning "
+                                   "rate and decay, RMS-matched) and AdamW for every other parameter")
     weight_decay: float = _opt(0.05, "AdamW weight decay (never applied to norms, biases, positions, class token)")
     betas: tuple[float, float] = _opt((0.9, 0.999), "AdamW betas")
     label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy")
@@ -83,6 +87,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be 0 or more (or None), got {getattr(self, name)}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ValueError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.augment_on not in AUGMENT_ON:
             raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {self.augment_on!r}")
         if not 0 <= self.label_smoothing < 1:
@@ -209,13 +215,71 @@ def warmup_cosine(step: int, *, total_steps: int, warmup_steps: int, lr: float, 
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
+def muon_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters Muon updates: the 2-D weight matrices inside the encoder blocks (attention's ``qkv`` and
+    ``proj``, the MLP's ``fc1`` and ``fc2``). Embeddings, the head, norms and biases stay with AdamW, as in
+    Muon's own recipe (Jordan et al., 2024)."""
+    return [p for name, p in model.named_parameters()
+            if p.requires_grad and p.ndim == 2 and name.split(".")[0] == "blocks"]
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """One optimiser made of two: ``torch.optim.Muon`` on :func:`muon_parameters` and AdamW (with
+    :func:`param_groups`' decay rule) on the rest. Muon orthogonalises each matrix's momentum with a few
+    Newton-Schulz steps; ``adjust_lr_fn="match_rms_adamw"`` scales its update to AdamW's size, so both halves
+    share one learning rate, one weight decay and one schedule (a scheduler sees all groups). Its state dict
+    holds both halves."""
+
+    def __init__(self, model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float],
+                 fused: bool = False) -> None:
+        matrices = muon_parameters(model)
+        if not matrices:
+            raise ValueError(f"optimizer='muon' needs a transformer whose encoder blocks live in `blocks`; "
+                             f"{type(model).__name__} has no 2-D weights there; use optimizer='adamw'")
+        taken = {id(p) for p in matrices}
+        rest = [{**g, "params": [p for p in g["params"] if id(p) not in taken]}
+                for g in param_groups(model, weight_decay)]
+        self.muon = torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+        self.adamw = torch.optim.AdamW([g for g in rest if g["params"]], lr=lr, betas=betas,
+                                       **({"fused": True} if fused else {}))
+        super().__init__([{"params": []}], {})  # the Optimizer machinery, with no parameters of its own
+        self._join()
+
+    def _join(self) -> None:
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups  # the same dicts: one schedule
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None if closure is None else closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none)
+        self.adamw.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.muon.load_state_dict(state_dict["muon"])
+        self.adamw.load_state_dict(state_dict["adamw"])
+        self._join()  # loading replaces the halves' group dicts
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig, steps_per_epoch: int, phase: Phase | None = None):
-    """AdamW over :func:`param_groups` and a per-step LambdaLR following :func:`warmup_cosine` over ``phase``
-    (default: the config's first phase, which is the whole run without progressive resizing)."""
+    """The optimiser (AdamW over :func:`param_groups`, or :class:`MuonAdamW` with ``optimizer="muon"``) and a
+    per-step LambdaLR following :func:`warmup_cosine` over ``phase`` (default: the config's first phase, which
+    is the whole run without progressive resizing)."""
     phase = phase or config.phases()[0]
     fused = all(p.is_cuda for p in model.parameters())
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=phase.lr, betas=config.betas,
-                                  **({"fused": True} if fused else {}))
+    if config.optimizer == "muon":
+        optimizer = MuonAdamW(model, lr=phase.lr, weight_decay=config.weight_decay, betas=config.betas,
+                              fused=fused)
+    else:
+        optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=phase.lr, betas=config.betas,
+                                      **({"fused": True} if fused else {}))
     total = phase.epochs * steps_per_epoch
     warmup = max(1, round(phase.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
