@@ -76,3 +76,22 @@ def test_recipe_probe_reports_validation_only(fake_cifar):
     lines = recipe_probe.summary([result, {**result, "overrides": {**overrides, "seed": 1},
                                            "validation_accuracy": result["validation_accuracy"] + 0.02}])
     assert len(lines) == 1 and "spread 2.00%" in lines[0] and "2 seeds" in lines[0]
+
+
+def test_timm_reference_writes_its_per_epoch_history(tmp_path, monkeypatch):
+    pytest.importorskip("timm")
+    reference = _module("timm_reference")
+    from vit_from_scratch.recipe import preset
+
+    small = {"dim": 16, "depth": 1, "num_heads": 2}
+    monkeypatch.setattr(reference, "preset", lambda name, **kw: preset(name, **kw, model=small))
+    monkeypatch.setattr(reference, "load_cifar10", lambda: (_images(256, 0, "train"), _images(100, 1, "test")))
+    out = tmp_path / "reference.json"
+    monkeypatch.setattr(sys, "argv", ["timm_reference.py", "--epochs", "2", "--json", str(out),
+                                      "--out", str(tmp_path / "run")])
+    reference.main()
+    report = json.loads(out.read_text())
+    assert [r["epoch"] for r in report["history"]] == [1, 2]
+    assert all(0 <= r["test_accuracy"] <= 1 for r in report["history"]) and report["training_minutes"] > 0
+    assert report["config"]["low_res_epochs"] == 0 and report["config"]["model"]["dim"] == 16
+    assert report["parameters"] == preset("cifar10-cpu", model=small).vit_config().num_params()

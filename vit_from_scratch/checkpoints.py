@@ -32,7 +32,7 @@ from .runtime import pick_device
 __all__ = [
     "WEIGHTS_DIR", "CheckpointError", "atomic_write", "check_writable", "check_room", "remove_stale_temporaries",
     "checkpoint_bytes", "rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint", "check_export_name",
-    "export_weights", "load_trained_model",
+    "export_weights", "load_trained_model", "runs_folder",
 ]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -205,7 +205,8 @@ def check_export_name(name: str, directory: str | os.PathLike = WEIGHTS_DIR, *, 
 def export_weights(checkpoint: Any, name: str, *, note: str, extra: dict | None = None,
                    directory: str | os.PathLike = WEIGHTS_DIR, half: bool = True, overwrite: bool = False) -> Path:
     """Write a weights-only file ``<name>.pt`` (float16 by default) and ``<name>.json`` (config, class names,
-    normalisation, history, ``note``) for :func:`load_trained_model`.
+    normalisation, history, ``note``) for :func:`load_trained_model`. A run with ``ema`` exports the average
+    of its weights, the model it evaluated.
 
     Args:
         checkpoint: a checkpoint's path, a loaded checkpoint (dict), or a ``FitResult`` (its checkpoint).
@@ -216,7 +217,7 @@ def export_weights(checkpoint: Any, name: str, *, note: str, extra: dict | None 
     state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     directory = Path(directory)
     weights = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
-               for k, v in state["model"].items()}
+               for k, v in state.get("average", state)["model"].items()}  # an EMA run ships its average
     atomic_write(lambda tmp: torch.save(weights, tmp), directory / f"{name}.pt")
     info = {"name": name, "model": ViTConfig.from_dict(state["config"]["model"]).to_dict(),
             "train_config": state["config"], "classes": list(state["classes"]), "mean": list(state["mean"]),
@@ -254,3 +255,24 @@ def load_trained_model(name: str = "cifar10_vit", *, device: torch.device | str 
         raise CheckpointError(f"the weights in {weights} do not fit the model described in {meta}; {fix}") from error
     device = torch.device(device) if device is not None else pick_device()
     return model.to(device).eval(), info
+
+
+def runs_folder(keep_on_drive: bool = False, *, local: str | os.PathLike = "runs",
+                drive_folder: str = "vit_from_scratch/runs", mount_point: str = "/content/drive") -> Path:
+    """Where training runs (``last.pt``, ``history.json``) go: ``local``, or with ``keep_on_drive=True`` in
+    Google Colab a folder on the reader's Google Drive, so that ``--resume`` survives a recycled runtime.
+
+    Mounting the Drive asks the reader for permission in the browser; nothing else changes. Outside Colab
+    ``keep_on_drive=True`` is an error that says so (runs then stay in ``local``).
+    """
+    if not keep_on_drive:
+        return Path(local)
+    try:
+        from google.colab import drive
+    except ImportError:
+        raise RuntimeError("keep_on_drive=True keeps runs on Google Drive, which only Google Colab can mount; "
+                           f"here runs stay in the local folder {str(local)!r}: set keep_on_drive=False") from None
+    drive.mount(mount_point)
+    folder = Path(mount_point) / "MyDrive" / drive_folder
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

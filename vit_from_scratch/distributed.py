@@ -90,6 +90,9 @@ class Distributed(SingleProcess):
         if self.strategy == "fsdp" and config.low_res_epochs:
             raise ValueError("progressive resizing rebuilds the model at a new size, which a sharded (FSDP2) model "
                              "cannot do here; set low_res_epochs=0, or use DDP")
+        if self.strategy == "fsdp" and config.ema:
+            raise ValueError("ema keeps a full copy of the weights, which a sharded (FSDP2) model does not have "
+                             "here; set ema=0, or use DDP")
         if self.strategy == "fsdp" and config.optimizer != "adamw":
             raise ValueError(f"optimizer={config.optimizer!r} orthogonalises whole matrices, which FSDP2 shards "
                              "across processes; use optimizer='adamw' with FSDP2, or use DDP")

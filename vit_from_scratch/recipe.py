@@ -47,6 +47,8 @@ class TrainConfig:
                                                       "warmup_epochs)")
     optimizer: str = _opt("adamw", "adamw, or muon: Muon for the encoder blocks' weight matrices (AdamW's learning "
                                    "rate and decay, RMS-matched) and AdamW for every other parameter")
+    ema: float = _opt(0.0, "exponential moving average of the weights, its decay per step (e.g. 0.999): "
+                           "evaluation, the returned model and exported weights use the average (0: off)")
     weight_decay: float = _opt(0.05, "AdamW weight decay (never applied to norms, biases, positions, class token)")
     betas: tuple[float, float] = _opt((0.9, 0.999), "AdamW betas")
     label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy")
@@ -87,6 +89,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be 0 or more (or None), got {getattr(self, name)}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ValueError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be 0 (off) or a decay in (0, 1) such as 0.999, got {self.ema}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.augment_on not in AUGMENT_ON:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .averaging import WeightAverage
 from .checkpoints import (CheckpointError, atomic_write, check_room, check_writable, checkpoint_bytes,
                           load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state)
 from .data import ImageSet, channel_stats, check_classes, load_cifar10, resize_images
@@ -153,6 +154,7 @@ class _Run:
     test_loader: Any = None
     optimizer: Any = None
     scheduler: Any = None
+    average: WeightAverage | None = None  # config.ema's average of the weights, which is evaluated
 
     def __post_init__(self) -> None:
         self.phases = self.config.phases()
@@ -166,6 +168,9 @@ def _enter_phase(run: _Run, index: int) -> None:
     c, phase = run.config, run.phases[index]
     if isinstance(run.model, VisionTransformer) and run.model.config.image_size != phase.image_size:
         run.model = to_resolution(run.model, phase.image_size)  # the position embedding is interpolated
+    if c.ema:
+        run.average = run.average or WeightAverage(run.model, c.ema)
+        run.average.resize(phase.image_size)
     if phase.image_size not in run.resized:
         run.resized[phase.image_size] = (resize_images(run.train_set, phase.image_size),
                                          resize_images(run.test_set, phase.image_size))
@@ -217,6 +222,8 @@ def _start(config: TrainConfig, train_set: ImageSet, test_set: ImageSet, device:
     parallel.load_state_dicts(run.model, run.optimizer, state["model"], state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
+    if run.average is not None:
+        run.average.load_state_dict(state["average"])
     run.train_loader.load_state_dict(state["loader"])
     set_rng_state(parallel.own(state)["rng"])
     run.epoch, run.step, run.history = state["epoch"], state["step"], state["history"]
@@ -245,6 +252,8 @@ def _train_step(run: _Run, images: Tensor, labels: Tensor, loss_fn) -> tuple[Ten
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.scheduler.step()
+    if run.average is not None:
+        run.average.update(run.model)
     run.step += 1
     return loss, logits
 
@@ -314,6 +323,10 @@ def _record(run: _Run, train: dict, test: dict, eval_time: float, log) -> None:
             f"| {record['epoch_time_s']:.0f} s")
 
 
+def _evaluated(run: _Run) -> nn.Module:
+    return run.model if run.average is None else run.average.model
+
+
 def _save(run: _Run, out: Path) -> None:
     """``last.pt`` (everything to resume exactly; tensors and plain data only) and ``history.json``; every
     process takes part (the state may be sharded), the main one writes."""
@@ -325,7 +338,8 @@ def _save(run: _Run, out: Path) -> None:
                     scheduler=run.scheduler.state_dict(), scaler=run.scaler.state_dict(),
                     loader=run.train_loader.state_dict(), rng=rng_state(), epoch=run.epoch, step=run.step,
                     history=run.history, config=run.config.to_dict(), mean=run.mean, std=run.std,
-                    classes=list(run.train_set.classes))
+                    classes=list(run.train_set.classes),
+                    **({"average": run.average.state_dict()} if run.average is not None else {}))
     summary = {"config": run.config.to_dict(), "classes": list(run.train_set.classes), "mean": run.mean,
                "std": run.std, "history": run.history}
     atomic_write(lambda tmp: tmp.write_text(json.dumps(summary, indent=1)), out / "history.json")
@@ -379,7 +393,7 @@ def fit(config: TrainConfig, *, train_set: ImageSet | None = None, test_set: Ima
     while run.epoch < end and not _steps_done(run):
         train = _train_one_epoch(run, loss_fn, progress)
         t0 = time.perf_counter()
-        test = evaluate(run.model, run.test_loader, device=device, amp=config.amp)
+        test = evaluate(_evaluated(run), run.test_loader, device=device, amp=config.amp)
         loss_sum, correct, count = parallel.sum([test["loss_sum"], test["correct"], test["count"]])
         test = {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1)}  # each image once
         _record(run, train, test, time.perf_counter() - t0, log)
@@ -391,4 +405,4 @@ def fit(config: TrainConfig, *, train_set: ImageSet | None = None, test_set: Ima
                     f"{run.phases[run.index].lr:g} starts")
         if out is not None:
             _save(run, out)
-    return FitResult(run.model, run.history, run.checkpoint, config)
+    return FitResult(_evaluated(run), run.history, run.checkpoint, config)
