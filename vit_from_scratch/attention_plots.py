@@ -12,6 +12,8 @@ from typing import Literal
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
+from matplotlib.cm import ScalarMappable
 from torch import Tensor
 
 from .attention_maps import (FUSIONS, METHODS, Fusion, TokenLayout, attention_rollout, attention_view,
@@ -20,9 +22,11 @@ from .attention_maps import (FUSIONS, METHODS, Fusion, TokenLayout, attention_ro
 from .plotting import show_image, to_numpy_image
 
 __all__ = [
-    "show_attention", "show_view", "plot_gallery", "plot_mean_distance", "show_position_similarity",
-    "show_filter_components", "attention_explorer",
+    "UNIFORM_UNITS", "as_uniform_multiple", "show_attention", "shared_colorbar", "show_view", "plot_gallery",
+    "plot_mean_distance", "show_position_similarity", "show_filter_components", "attention_explorer",
 ]
+
+UNIFORM_UNITS = "share of attention, × uniform"  # the colour bar's label for maps on a shared scale
 
 
 def _check_batch(images: Tensor, weights: Tensor, titles: list[str]) -> None:
@@ -32,21 +36,51 @@ def _check_batch(images: Tensor, weights: Tensor, titles: list[str]) -> None:
                          f"{len(titles)} titles; they must match")
 
 
+def as_uniform_multiple(maps: Tensor) -> Tensor:
+    """Patch-grid maps as multiples of the uniform share: each renormalised to sum to one, times ``h*w``.
+
+    1 everywhere for a map that spreads evenly over the patches; the units of a shared colour scale.
+
+    Shape:
+        (..., h, w) -> (..., h, w)
+    """
+    m = maps.detach().cpu().double()
+    total = m.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)  # (..., 1, 1)
+    return (m / total * (m.shape[-2] * m.shape[-1])).float()
+
+
 def show_attention(image: Tensor, grid_map: Tensor, ax: plt.Axes | None = None, title: str | None = None,
-                   *, alpha: float = 0.6, cmap: str = "inferno") -> plt.Axes:
-    """Overlay one patch-grid map, upsampled and scaled to [0, 1], on its image.
+                   *, alpha: float = 0.6, cmap: str = "inferno", vmax: float | None = None) -> plt.Axes:
+    """Overlay one patch-grid map, upsampled, on its image.
+
+    Without ``vmax`` the map is scaled from its own smallest to its largest value (where it looks,
+    not how sharply). With ``vmax`` it is drawn in multiples of the uniform share
+    (:func:`as_uniform_multiple`) on the shared scale ``[0, vmax]``, so maps compare across panels;
+    :func:`shared_colorbar` labels that scale.
 
     Shape:
         image (C, H, W) in [0, 1], grid_map (h, w)
     """
     ax = show_image(image, ax, title)
     H, W = to_numpy_image(image).shape[:2]
-    up = upsample_maps(grid_map.detach().cpu(), (H, W))  # (h, w) -> (H, W)
-    up = (up - up.min()) / (up.max() - up.min()).clamp_min(1e-12)
-    ax.imshow(up.numpy(), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+    if vmax is None:
+        m, lo, hi = grid_map.detach().cpu().float(), 0.0, 1.0
+        m = (m - m.min()) / (m.max() - m.min()).clamp_min(1e-12)
+    else:
+        m, lo, hi = as_uniform_multiple(grid_map), 0.0, vmax
+    up = upsample_maps(m, (H, W))  # (h, w) -> (H, W)
+    ax.imshow(up.numpy(), cmap=cmap, alpha=alpha, vmin=lo, vmax=hi)
     if title:
         ax.set_title(title, fontsize=8)
     return ax
+
+
+def shared_colorbar(fig: plt.Figure, axes, label: str = UNIFORM_UNITS) -> None:
+    """One colour bar for panels drawn by :func:`show_attention` with the same ``vmax``."""
+    axes = list(np.ravel(axes))
+    overlay = next(ax.images[-1] for ax in reversed(axes) if ax.images)
+    opaque = ScalarMappable(norm=overlay.norm, cmap=overlay.cmap)  # the overlay's colours, without its alpha
+    fig.colorbar(opaque, ax=axes, label=label, shrink=0.8, aspect=30, pad=0.02)
 
 
 def _view_title(layer: int, head: int | str, method: str) -> str:
@@ -57,24 +91,28 @@ def _view_title(layer: int, head: int | str, method: str) -> str:
 
 def show_view(image: Tensor, weights: Tensor, layout: TokenLayout, *, layer: int, head: int | Fusion = "mean",
               method: Literal["attention", "rollout"] = "attention", ax: plt.Axes | None = None,
-              title: str | None = None) -> plt.Axes:
-    """Draw :func:`attention_view` over the image; the explorer widget draws with this too.
+              title: str | None = None, vmax: float | None = None) -> plt.Axes:
+    """Draw :func:`attention_view` over the image (``vmax`` as :func:`show_attention`); the explorer
+    widget draws with this too.
 
     Shape:
         image (C, H, W), weights (L, nh, S, S)
     """
     grid = attention_view(weights, layout, layer=layer, head=head, method=method)
     layer_shown = layer if layer > 0 else weights.shape[0] + 1 + layer
-    return show_attention(image, grid, ax, title if title is not None else _view_title(layer_shown, head, method))
+    title = title if title is not None else _view_title(layer_shown, head, method)
+    return show_attention(image, grid, ax, title, vmax=vmax)
 
 
 def plot_gallery(images: Tensor, weights: Tensor, layout: TokenLayout, titles: list[str], *,
                  rows: list[int] | None = None, num_heads: int = 3, head_fusion: Fusion = "mean",
-                 by: Literal["specific", "focused"] = "specific") -> plt.Figure:
+                 by: Literal["specific", "focused"] = "specific", shared: bool = True) -> plt.Figure:
     """One row per image: the image, the rollout through each layer, and its most telling heads.
 
     Heads are ranked by :func:`rank_heads` against the whole batch given; ``rows`` picks the images to
     draw (default: all), so a large batch gives a fair reference and a few rows a readable figure.
+    With ``shared=True`` every map is drawn on one colour scale, in multiples of the uniform share,
+    with a colour bar; otherwise each map on its own.
 
     Shape:
         images (B, C, H, W) in [0, 1], weights (B, L, nh, S, S)
@@ -87,22 +125,26 @@ def plot_gallery(images: Tensor, weights: Tensor, layout: TokenLayout, titles: l
     top = scores[rows].topk(min(num_heads, L * nh), dim=1).indices  # (R, k)
     roll = to_grid(pooled_attention(attention_rollout(weights[rows], head_fusion=head_fusion), layout),
                    layout)  # (R, L, h, w)
+    heads = [[to_grid(maps[b, f // nh, f % nh], layout) for f in top[r].tolist()] for r, b in enumerate(rows)]
+    drawn = [roll.flatten(0, 1)] + [torch.stack(h) for h in heads]  # every map the figure draws
+    vmax = max(as_uniform_multiple(m).max().item() for m in drawn) if shared else None
     cols = 1 + L + top.shape[1]
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.45 * cols, 1.6 * len(rows) + 0.4), squeeze=False)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.45 * cols + (0.8 if shared else 0), 1.75 * len(rows) + 0.5),
+                             squeeze=False, layout="constrained")
     for r, b in enumerate(rows):
         show_image(images[b], axes[r, 0], titles[b])
         axes[r, 0].title.set_fontsize(8)
         for layer in range(L):
             show_attention(images[b], roll[r, layer], axes[r, 1 + layer],
-                           f"rollout ≤ {layer + 1}" if r == 0 else None)
+                           f"rollout ≤ {layer + 1}" if r == 0 else None, vmax=vmax)
         for j, flat in enumerate(top[r].tolist()):
-            layer, head = divmod(flat, nh)
-            show_attention(images[b], to_grid(maps[b, layer, head], layout), axes[r, 1 + L + j],
-                           f"layer {layer + 1} head {head}")
+            show_attention(images[b], heads[r][j], axes[r, 1 + L + j], f"layer {flat // nh + 1} head {flat % nh}",
+                           vmax=vmax)
     what = {"specific": "most image-specific", "focused": "most focused"}[by]
     fig.suptitle(f"{layout.map_label}: rollout ({head_fusion} of heads) through layers 1..{L}, "
                  f"then the {top.shape[1]} {what} heads", fontsize=10)
-    fig.tight_layout()
+    if shared:
+        shared_colorbar(fig, axes)
     return fig
 
 
@@ -130,7 +172,7 @@ def plot_mean_distance(distance: Tensor, layout: TokenLayout | None = None, ax: 
     ax.set_ylabel("mean attention distance (pixels)")
     ax.set_xticks(np.arange(1, L + 1))
     ax.set_title(title or "mean attention distance")
-    ax.legend(fontsize=6, ncol=2, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)  # beside, hiding nothing
     return ax
 
 
