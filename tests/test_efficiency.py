@@ -1,5 +1,6 @@
 """Chapter 8's measuring instruments."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +8,8 @@ from torch import nn
 
 from vit_from_scratch.attention import attention
 from vit_from_scratch.efficiency import (SavedTensorMemory, TensorMemoryTracker, attention_matrix_bytes,
-                                         autocast_works, peak_memory)
+                                         autocast_works, growth_exponent, interleaved_benchmark, peak_memory,
+                                         running_mean, step_noise)
 from vit_from_scratch.model import ViTConfig, VisionTransformer
 
 from _helpers import randomise
@@ -97,3 +99,43 @@ def test_attention_matrix_bytes():
 def test_autocast_works_for_bfloat16_on_cpu_and_rejects_non_float_types():
     assert autocast_works("cpu", torch.bfloat16)
     assert not autocast_works("cpu", torch.int8)
+
+
+def test_growth_exponent_recovers_linear_and_quadratic_power_laws():
+    n = [256, 1024, 4096]
+    assert growth_exponent(n, [3 * x for x in n]) == pytest.approx(1.0)
+    assert growth_exponent(n, [0.5 * x * x for x in n]) == pytest.approx(2.0)
+    # a fixed overhead flattens the small sizes: the fit over all of them sees slower growth
+    assert growth_exponent(n, [1e6 + x * x for x in n]) < 1.9
+    with pytest.raises(ValueError, match="positive"):
+        growth_exponent(n, [1.0, 0.0, 2.0])
+    with pytest.raises(ValueError, match="at least two"):
+        growth_exponent([1], [1.0])
+
+
+def test_running_mean_averages_each_window():
+    np.testing.assert_allclose(running_mean([1, 2, 3, 4, 5], 2), [1.5, 2.5, 3.5, 4.5])
+    np.testing.assert_allclose(running_mean([1, 2, 3], 3), [2.0])
+    with pytest.raises(ValueError, match="window"):
+        running_mean([1, 2, 3], 4)
+
+
+def test_step_noise_measures_the_noise_not_the_trend():
+    steps = np.arange(20_000)
+    trend = 2.3 - 0.5 * steps / steps[-1]  # a loss falling by half a nat
+    assert step_noise(trend) == pytest.approx(0.0, abs=1e-9)
+    noisy = trend + np.random.default_rng(0).normal(0.0, 0.1, len(steps))
+    assert step_noise(noisy) == pytest.approx(0.1, rel=0.03)
+    with pytest.raises(ValueError, match="at least 3"):
+        step_noise([1.0, 2.0])
+
+
+def test_interleaved_benchmark_alternates_settings_round_by_round():
+    calls = []
+    timings = interleaved_benchmark({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                    rounds=3, repeats=2, warmup=1)
+    assert calls == (["a"] * 3 + ["b"] * 3) * 3  # per round: a's warmup and repeats, then b's
+    assert [len(t) for t in timings.values()] == [3, 3]
+    assert all(len(t.seconds) == 2 for t in timings["a"] + timings["b"])
+    with pytest.raises(ValueError, match="rounds"):
+        interleaved_benchmark({"a": lambda: None}, rounds=0)

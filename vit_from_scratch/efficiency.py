@@ -11,6 +11,13 @@ statistic), and :func:`peak_memory` picks CUDA's allocator statistics or the tra
 (Touvron et al., 2019; Tan & Le, 2021) is measured with :func:`~vit_from_scratch.data.resize_images` and
 :func:`~vit_from_scratch.model.to_resolution`, which chapter 6's trainer uses and which live with the data
 and the model.
+
+Three small measures turn those numbers into sentences that can be wrong: :func:`growth_exponent` fits
+how a cost grows with the number of tokens (memory and time of attention need not grow alike),
+:func:`running_mean` and :func:`step_noise` say whether a loss curve fell by more than its noise (so a
+comparison of two precisions' curves can fail), and :func:`interleaved_benchmark` times several
+settings in alternating rounds, so a slow moment of a shared machine hits all of them and the spread
+of their ratio across rounds is a measured noise bar.
 """
 
 from __future__ import annotations
@@ -20,14 +27,18 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from .runtime import Timing, benchmark
+
 
 __all__ = ["SavedTensorMemory", "TensorMemoryTracker", "peak_memory",
-           "attention_matrix_bytes", "autocast_works"]
+           "attention_matrix_bytes", "autocast_works", "growth_exponent", "running_mean",
+           "step_noise", "interleaved_benchmark"]
 
 
 # --------------------------------------------------------------------------- memory
@@ -151,3 +162,59 @@ def autocast_works(device_type: str, dtype: torch.dtype) -> bool:
         return y.dtype == dtype
     except (RuntimeError, AssertionError):
         return False
+
+
+# --------------------------------------------------------------------------- turning measurements into claims
+
+
+def growth_exponent(sizes: Iterable[float], costs: Iterable[float]) -> float:
+    """The exponent ``a`` of the power law ``cost ≈ c · size^a`` that fits the measurements best.
+
+    A least-squares line through ``(log size, log cost)``: 1 means linear growth, 2 quadratic. Fixed
+    overheads flatten the small sizes, so pass the largest ones when the asymptotic growth is wanted.
+    """
+    x, y = np.log(np.asarray(list(sizes), float)), np.asarray(list(costs), float)
+    if len(x) < 2 or len(x) != len(y):
+        raise ValueError(f"need at least two (size, cost) pairs of equal length, got {len(x)} and {len(y)}")
+    if (y <= 0).any() or np.ptp(x) == 0:
+        raise ValueError("costs must be positive and the sizes must not all be equal")
+    return float(np.polyfit(x, np.log(y), 1)[0])
+
+
+def running_mean(values: Iterable[float], window: int) -> np.ndarray:
+    """Means of every ``window`` consecutive values (``len(values) - window + 1`` of them)."""
+    v = np.asarray(list(values), float)
+    if not 1 <= window <= len(v):
+        raise ValueError(f"window must be between 1 and the number of values ({len(v)}), got {window}")
+    return np.convolve(v, np.ones(window) / window, mode="valid")
+
+
+def step_noise(values: Iterable[float]) -> float:
+    """The standard deviation of one value around the curve's trend, from step-to-step differences.
+
+    A trend barely changes between neighbouring steps, so ``v[t+1] - v[t]`` is the difference of two
+    independent noises, whose variance is twice one noise's: the estimate is ``std(diff) / √2``. Unlike
+    the spread around a fitted curve, it needs no model of the trend.
+    """
+    v = np.asarray(list(values), float)
+    if len(v) < 3:
+        raise ValueError(f"need at least 3 values, got {len(v)}")
+    return float(np.std(np.diff(v)) / np.sqrt(2))
+
+
+def interleaved_benchmark(fns: dict[str, Callable[[], Any]], *, rounds: int = 5, repeats: int = 5, warmup: int = 1,
+                          device: torch.device | str | None = None) -> dict[str, list[Timing]]:
+    """Time every function in ``fns`` once per round, in turn, for ``rounds`` rounds.
+
+    Each entry of the result is one :class:`~vit_from_scratch.runtime.Timing` per round. A slow moment of
+    the machine hits the settings of the same round alike, so the ratio of two settings' medians within
+    a round is steadier than the ratio of two separate runs, and its spread across rounds is the noise
+    of the comparison.
+    """
+    if rounds < 1:
+        raise ValueError(f"need rounds >= 1, got {rounds}")
+    timings: dict[str, list[Timing]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            timings[name].append(benchmark(fn, repeats=repeats, warmup=warmup, device=device))
+    return timings
