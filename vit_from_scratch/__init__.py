@@ -4,6 +4,7 @@
 from .attention import MultiHeadSelfAttention
 from .cnn import ResidualBlock, SmallResNet
 from .distillation import DistilledVisionTransformer, HardDistillationLoss, hard_distillation_loss
+from .learning_curve import Comparison, compare_seeds, nested_subsets, stratified_order
 from .data import resize_images
 from .efficiency import SavedTensorMemory, TensorMemoryTracker, attention_matrix_bytes, autocast_works, peak_memory
 from .encoder import MLP, DropPath, Encoder, EncoderBlock, block_num_params
@@ -45,6 +46,7 @@ __all__ = [
     "SavedTensorMemory", "TensorMemoryTracker", "attention_matrix_bytes", "autocast_works", "peak_memory",
     # chapter 9: data efficiency
     "ResidualBlock", "SmallResNet", "DistilledVisionTransformer", "HardDistillationLoss", "hard_distillation_loss",
+    "Comparison", "compare_seeds", "nested_subsets", "stratified_order",
     # chapter 10: windows, pyramids, hybrids
     "PatchMerging", "SwinBlock", "WindowAttention", "cyclic_shift", "msa_macs", "pyramid_costs",
     "relative_position_index", "shift_region_labels", "shifted_window_mask", "window_partition", "window_reverse",

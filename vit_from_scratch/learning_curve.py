@@ -1,0 +1,98 @@
+"""Chapter 9: learning curves, accuracy against the amount of training data, read with seeds.
+
+Two pieces the chapter's data sweep needs. :func:`nested_subsets` cuts training sets of growing size
+from one data set so that every smaller set lies inside every larger one and each keeps the classes
+in proportion: a curve then changes only by the images added, not by a new draw. :func:`compare_seeds`
+compares two arms (e.g. a ViT and a CNN, or a recipe and its reference) trained with several seeds:
+a difference of the means counts only when it exceeds the seeds' spread (and, if given, two standard
+errors of a difference of two accuracies measured on ``n_images`` images).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .data import ImageSet
+
+__all__ = ["Comparison", "compare_seeds", "nested_subsets", "stratified_order"]
+
+
+def stratified_order(labels: Tensor, *, seed: int = 0) -> Tensor:
+    """A seeded permutation of ``range(len(labels))`` whose every prefix keeps the classes in proportion.
+
+    Each class is shuffled on its own; its ``r``-th image gets the key ``(r + 1/2) / n_c`` (``n_c``
+    the class's size), and the images are sorted by key (ties by class index). The first ``n`` images
+    then hold each class's share of ``n``, to within one image when the classes are equally large.
+    """
+    labels = labels.cpu()
+    if labels.ndim != 1 or len(labels) == 0:
+        raise ValueError(f"labels must be a non-empty 1-D tensor of class indices, got shape {tuple(labels.shape)}")
+    generator = torch.Generator().manual_seed(seed)
+    keys = torch.empty(len(labels), dtype=torch.float64)
+    for c in labels.unique().tolist():
+        members = torch.nonzero(labels == c).flatten()
+        shuffled = members[torch.randperm(len(members), generator=generator)]
+        keys[shuffled] = (torch.arange(len(members), dtype=torch.float64) + 0.5) / len(members)
+    by_class = torch.argsort(labels, stable=True)  # ties in key: the lower class first
+    return by_class[torch.argsort(keys[by_class], stable=True)]
+
+
+def nested_subsets(data: ImageSet, sizes: Sequence[int], *, seed: int = 0) -> dict[int, ImageSet]:
+    """``{n: the first n images of data's stratified order}`` for each size: nested and class-balanced.
+
+    Every smaller subset lies inside every larger one (the same ``seed`` gives the same images), so a
+    learning curve differs from point to point only by the images added.
+    """
+    sizes = [int(n) for n in sizes]
+    if not sizes or min(sizes) < 1 or max(sizes) > len(data):
+        raise ValueError(f"sizes must be between 1 and the {len(data)} images available, got {sizes}")
+    order = stratified_order(data.labels, seed=seed)
+    return {n: ImageSet(data.images[order[:n]], data.labels[order[:n]], data.classes,
+                        data.source + f" (nested subset of {n}, seed {seed})") for n in sorted(sizes)}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Arm ``a`` against arm ``b``: the difference of their mean accuracies and the noise it must beat."""
+
+    mean_a: float
+    mean_b: float
+    noise: float
+
+    @property
+    def difference(self) -> float:
+        """``mean(a) - mean(b)``."""
+        return self.mean_a - self.mean_b
+
+    @property
+    def verdict(self) -> str:
+        """``"higher"`` or ``"lower"`` when the difference exceeds the noise, else ``"within noise"``."""
+        if abs(self.difference) <= self.noise:
+            return "within noise"
+        return "higher" if self.difference > 0 else "lower"
+
+
+def compare_seeds(a: Sequence[float], b: Sequence[float], *, n_images: int | None = None) -> Comparison:
+    """Compare two arms' accuracies, one per seed (at least two seeds each).
+
+    The noise is the larger of the two arms' spreads (max - min over seeds). With ``n_images`` (the
+    number of evaluation images) it is at least two standard errors of a difference of two independent
+    accuracies, ``2 sqrt(p_a (1 - p_a) / n + p_b (1 - p_b) / n)``, a floor for when the seeds happen to
+    agree.
+    """
+    a, b = [float(x) for x in a], [float(x) for x in b]
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"each arm needs at least two seeds to measure its spread, got {len(a)} and {len(b)}")
+    mean_a, mean_b = sum(a) / len(a), sum(b) / len(b)
+    noise = max(max(a) - min(a), max(b) - min(b))
+    if n_images is not None:
+        if n_images < 1:
+            raise ValueError(f"n_images must be a positive count of evaluation images, got {n_images}")
+        se = math.sqrt((mean_a * (1 - mean_a) + mean_b * (1 - mean_b)) / n_images)
+        noise = max(noise, 2 * se)
+    return Comparison(mean_a, mean_b, noise)
