@@ -37,3 +37,16 @@ def write_image_folder(root: Path) -> Path:
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
     return root
+
+
+def straight_and_resumed(config: TrainConfig, tmp_path: Path):
+    """The same run twice on TRAIN/TEST: straight through (``tmp_path/a``), and stopped after one epoch
+    then resumed in a second call (``tmp_path/b``); a resume that is exact gives identical results."""
+    from vit_from_scratch.training import fit
+
+    common = dict(train_set=TRAIN, test_set=TEST, device="cpu", progress=False, log=None)
+    straight = fit(config, out_dir=tmp_path / "a", **common)
+    fit(config, out_dir=tmp_path / "b", stop_after_epochs=1, **common)
+    torch.manual_seed(12345)  # whatever happens between the two calls must not matter
+    resumed = fit(config, out_dir=tmp_path / "b", resume=True, **common)
+    return straight, resumed

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from _tiny_runs import TEST, TRAIN, TINY_MODEL, tiny_config
+from _tiny_runs import TEST, TINY_MODEL, TRAIN, straight_and_resumed, tiny_config
 from vit_from_scratch.averaging import WeightAverage
 from vit_from_scratch.checkpoints import export_weights, load_checkpoint
 from vit_from_scratch.loaders import make_loader
@@ -47,12 +47,7 @@ def test_fit_evaluates_returns_and_exports_the_average(tmp_path):
 def test_an_ema_run_resumes_bit_exactly(tmp_path, progressive):
     resize = dict(epochs=3, low_res_epochs=1, low_res_size=8) if progressive else {}
     config = tiny_config(ema=0.8, **resize)
-    straight = fit(config, train_set=TRAIN, test_set=TEST, out_dir=tmp_path / "a", device="cpu", progress=False,
-                   log=None)
-    fit(config, train_set=TRAIN, test_set=TEST, out_dir=tmp_path / "b", device="cpu", progress=False, log=None,
-        stop_after_epochs=1)
-    resumed = fit(config, train_set=TRAIN, test_set=TEST, out_dir=tmp_path / "b", device="cpu", progress=False,
-                  log=None, resume=True)
+    straight, resumed = straight_and_resumed(config, tmp_path)
     assert resumed.model.config.image_size == TINY_MODEL["image_size"]
     for k, v in straight.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k

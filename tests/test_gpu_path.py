@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from _tiny_runs import TEST, TRAIN, tiny_config
+from _tiny_runs import TEST, TRAIN, straight_and_resumed, tiny_config
 from vit_from_scratch.loaders import BatchLoader
 from vit_from_scratch.recipe import autocast_dtype, preset
 from vit_from_scratch.training import fit
@@ -30,12 +30,7 @@ def test_the_gpu_path_trains_end_to_end_on_the_cpu_with_fp16_autocast_and_the_sc
 
 def test_the_gpu_path_resumes_exactly(tmp_path):
     config = tiny_config(**GPU_LIKE, amp="bf16")
-    straight = fit(config, train_set=TRAIN, test_set=TEST, out_dir=tmp_path / "a", device="cpu", progress=False,
-                   log=None)
-    fit(config, train_set=TRAIN, test_set=TEST, out_dir=tmp_path / "b", device="cpu", progress=False, log=None,
-        stop_after_epochs=1)
-    resumed = fit(config, train_set=TRAIN, test_set=TEST, out_dir=tmp_path / "b", device="cpu", progress=False,
-                  log=None, resume=True)
+    straight, resumed = straight_and_resumed(config, tmp_path)
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 

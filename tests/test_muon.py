@@ -4,11 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _tiny_runs import TEST, TRAIN, tiny_config
+from _tiny_runs import straight_and_resumed, tiny_config
 from vit_from_scratch.cnn import SmallResNet
 from vit_from_scratch.model import VisionTransformer
-from vit_from_scratch.recipe import MuonAdamW, build_optimizer, muon_parameters
-from vit_from_scratch.training import fit
+from vit_from_scratch.recipe import MuonAdamW, build_optimizer
 
 
 def _model(seed=0):
@@ -67,12 +66,7 @@ def test_one_schedule_drives_both_halves_and_survives_a_reload():
 
 def test_muon_training_resumes_bit_exactly(tmp_path):
     config = tiny_config(optimizer="muon")
-    straight = fit(config, train_set=TRAIN, test_set=TEST, out_dir=tmp_path / "a", device="cpu", progress=False,
-                   log=None)
-    fit(config, train_set=TRAIN, test_set=TEST, out_dir=tmp_path / "b", device="cpu", progress=False, log=None,
-        stop_after_epochs=1)
-    resumed = fit(config, train_set=TRAIN, test_set=TEST, out_dir=tmp_path / "b", device="cpu", progress=False,
-                  log=None, resume=True)
+    straight, resumed = straight_and_resumed(config, tmp_path)
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     assert straight.history[-1]["train_loss"] < straight.history[0]["train_loss"]

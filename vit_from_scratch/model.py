@@ -29,7 +29,7 @@ from .positions import (
 )
 from .state_dicts import mismatch_report
 
-__all__ = ["ViTConfig", "VisionTransformer", "NAMED_SIZES", "vit_config", "to_resolution"]
+__all__ = ["ViTConfig", "VisionTransformer", "NAMED_SIZES", "vit_config", "to_resolution", "init_layer"]
 
 
 def _resolve_config(config: ViTConfig | str | None, overrides: Mapping[str, Any]) -> ViTConfig:
@@ -41,6 +41,19 @@ def _resolve_config(config: ViTConfig | str | None, overrides: Mapping[str, Any]
         raise TypeError(f"expected a ViTConfig or a size name, got {type(config).__name__}; "
                         "for a dict use ViTConfig.from_dict(d)")
     return config.replace(**overrides) if overrides else config
+
+
+def init_layer(module: nn.Module) -> None:
+    """The ViT's initialisation of one layer (not of its children): a linear layer's weight from a
+    truncated normal (std 0.02) and its bias at zero, a LayerNorm at ones and zeros; other layers untouched.
+    Models built from the same layers (chapter 10's Swin) call it too."""
+    if isinstance(module, nn.Linear):
+        truncated_normal_(module.weight, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
 
 
 class VisionTransformer(nn.Module):
@@ -147,13 +160,7 @@ class VisionTransformer(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            truncated_normal_(module.weight, 0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        init_layer(module)
 
     # Training helpers --------------------------------------------------------------------------
     def no_weight_decay(self) -> set[str]:

@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .model import init_layer
 from .patches import PatchEmbedding
 from .positions import truncated_normal_
 from .windows import PatchMerging, SwinBlock, pyramid_costs
@@ -155,13 +156,7 @@ class SwinTransformer(nn.Module):
         at ones and zeros, a LeCun-normal patch projection and a zero head; the relative position bias
         tables keep :class:`WindowAttention`'s truncated normal (std 0.02)."""
         for module in self.modules():
-            if isinstance(module, nn.Linear):
-                truncated_normal_(module.weight, 0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+            init_layer(module)
         proj = self.patch_embed.proj
         truncated_normal_(proj.weight, (proj.in_channels * proj.kernel_size[0] * proj.kernel_size[1]) ** -0.5)
         nn.init.zeros_(proj.bias)
