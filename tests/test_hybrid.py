@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from _helpers import fit_one_batch
 from vit_from_scratch.hybrid import ConvStem, HybridViT
 from vit_from_scratch.model import VisionTransformer, ViTConfig
 
@@ -73,13 +73,6 @@ def test_hybrid_trains():
     torch.manual_seed(0)
     model = HybridViT(TINY, depth=1, stem_channels=(8, 16), stem_strides=(2, 2))
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(20):
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit_one_batch(model, x, y, lr=1e-2, steps=20)
     assert losses[-1] < 0.5 * losses[0]
     assert model.patch_embed.convs[0].weight.grad.abs().sum() > 0  # gradients reach the stem

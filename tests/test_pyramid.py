@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vit_from_scratch.pyramid import SwinConfig, SwinTransformer
 from vit_from_scratch.windows import PatchMerging
-from _helpers import randomise
+from _helpers import fit_one_batch, randomise
 
 TINY = SwinConfig(image_size=16, patch_size=2, embed_dim=8, depths=(2, 2), num_heads=(1, 2), window_size=4)
 THREE = SwinConfig(image_size=32, patch_size=2, embed_dim=8, depths=(2, 2, 2), num_heads=(1, 2, 4), window_size=4)
@@ -79,14 +79,7 @@ def test_it_learns_a_small_batch():
     torch.manual_seed(0)
     model = SwinTransformer(TINY)
     x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit_one_batch(model, x, y, lr=3e-3, steps=30)
     assert losses[-1] < 0.5 * losses[0]
 
 
