@@ -28,10 +28,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from probe_data import add_select_on, named_history, probe_sets  # noqa: E402
 
 
-def probe(overrides: dict, select_on: str = "val", data=None) -> dict:
+def probe(overrides: dict, select_on: str = "val", data=None, device: str = "cpu", log=None) -> dict:
     """Train the ``cifar10-cpu`` preset with ``overrides`` and return its history and final accuracy,
-    named after the set it was measured on (``validation_accuracy`` unless ``select_on="test"``)."""
+    named after the set it was measured on (``validation_accuracy`` unless ``select_on="test"``).
+
+    On a GPU the probe measures accuracy only (its time is not the CPU's): float32 without TF32 and no
+    autocast unless ``overrides`` asks, so that its arithmetic is the CPU run's.
+    """
     import torch
+
+    if device != "cpu":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        overrides = {"amp": "off", **overrides}
 
     from vit_from_scratch.runtime import environment_report
     from vit_from_scratch.recipe import preset
@@ -40,11 +48,11 @@ def probe(overrides: dict, select_on: str = "val", data=None) -> dict:
     train_set, eval_set, name = probe_sets(select_on, data)
     config = preset("cifar10-cpu", **overrides)
     t0 = time.perf_counter()
-    result = fit(config, train_set=train_set, test_set=eval_set, device="cpu", progress=False, log=None)
+    result = fit(config, train_set=train_set, test_set=eval_set, device=device, progress=False, log=log)
     history = named_history(result.history, name)
     return {"overrides": overrides, "evaluated_on": name, f"{name}_accuracy": history[-1][f"{name}_accuracy"],
             "train_images": len(train_set), "history": history, "seconds": time.perf_counter() - t0,
-            "environment": environment_report(torch.device("cpu")) + f" | {torch.get_num_threads()} thread(s)"}
+            "environment": environment_report(torch.device(device)) + f" | {torch.get_num_threads()} thread(s)"}
 
 
 def summary(results: list[dict]) -> list[str]:
@@ -66,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", action="append", required=True, help="TrainConfig overrides as JSON")
     parser.add_argument("--epochs", type=int, default=2, help="schedule length of every probe")
+    parser.add_argument("--full-schedule", action="store_true",
+                        help="keep the preset's own schedule (epochs, progressive split) instead of --epochs")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: accuracy only, in float32")
+    parser.add_argument("--parallel", type=int, default=2, help="probes running at once (one thread each)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="one run per seed and variant")
     add_select_on(parser)
     parser.add_argument("--json", help="also write the results here")
@@ -79,20 +91,28 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(1)
-        print(json.dumps(probe(json.loads(args.child), args.select_on)))
+        overrides = json.loads(args.child)
+
+        def log(line: str) -> None:  # per-epoch progress on stderr, the evaluation set named as it is
+            shown = line if args.select_on == "test" else line.replace("test", "val")
+            print(f"{json.dumps(overrides)} {shown}", file=sys.stderr, flush=True)
+
+        print(json.dumps(probe(overrides, args.select_on, device=args.device, log=log)))
         return
-    variants = [{"epochs": args.epochs, "low_res_epochs": 0, **json.loads(v), "seed": seed}  # one size unless asked
-                for v in args.variant for seed in args.seeds]
-    results = []
-    for i in range(0, len(variants), 2):  # two at a time, one thread each
+    schedule = {} if args.full_schedule else {"epochs": args.epochs, "low_res_epochs": 0}  # one size unless asked
+    variants = [{**schedule, **json.loads(v), "seed": seed} for v in args.variant for seed in args.seeds]
+    results, failed = [], []
+    for i in range(0, len(variants), args.parallel):  # --parallel at a time, one thread each
         procs = [subprocess.Popen([sys.executable, __file__, "--variant", "{}", "--select-on", args.select_on,
-                                   "--child", json.dumps(v)],
+                                   "--device", args.device, "--child", json.dumps(v)],
                                   stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-                 for v in variants[i:i + 2]]
-        for proc in procs:
+                 for v in variants[i:i + args.parallel]]
+        for proc, variant in zip(procs, variants[i:i + args.parallel]):
             out, _ = proc.communicate()
-            if proc.returncode:
-                sys.exit(f"a probe failed (exit {proc.returncode})")
+            if proc.returncode:  # the others' results still count; the exit status says one failed
+                failed.append(variant)
+                print(f"a probe failed (exit {proc.returncode}): {json.dumps(variant)}", flush=True)
+                continue
             results.append(json.loads(out.strip().splitlines()[-1]))
             r = results[-1]
             print(f"{r['evaluated_on']} {r[r['evaluated_on'] + '_accuracy']:.2%}  {json.dumps(r['overrides'])}",
@@ -101,6 +121,8 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
+    if failed:
+        sys.exit(f"{len(failed)} probe(s) failed: see above")
 
 
 if __name__ == "__main__":
