@@ -95,3 +95,22 @@ def test_timm_reference_writes_its_per_epoch_history(tmp_path, monkeypatch):
     assert all(0 <= r["test_accuracy"] <= 1 for r in report["history"]) and report["training_minutes"] > 0
     assert report["config"]["low_res_epochs"] == 0 and report["config"]["model"]["dim"] == 16
     assert report["parameters"] == preset("cifar10-cpu", model=small).vit_config().num_params()
+
+
+def test_a_probe_log_cut_short_still_gives_every_finished_epoch():
+    """The GPU probes ran out of time mid-schedule; their log is what chapter 6's choice is read from."""
+    probe_data = _module("probe_data")
+    line = "{} epoch {:3d}/25 | train loss 1.900 acc 0.300 | val loss 1.700 acc {} | lr 1.00e-03 | 2000 img/s | 22 s"
+    text = "\n".join([line.format('{"seed": 0}', 1, "0.350"), "== probes start (283 s left)",
+                      line.format('{"optimizer": "muon", "seed": 1}', 1, "0.450"),
+                      line.format('{"seed": 0}', 2, "0.400"), "epoch 3/25 | a line of another program"])
+    runs = probe_data.histories_from_log(text)
+    assert [(r["overrides"], r["seed"], len(r["history"])) for r in runs] == [
+        ({}, 0, 2), ({"optimizer": "muon"}, 1, 1)]
+    assert [h["validation_accuracy"] for h in runs[0]["history"]] == [0.35, 0.40]
+    assert all("test" not in key for r in runs for h in r["history"] for key in h)
+
+
+def test_recipe_probe_defaults_to_the_cpu_two_at_a_time_and_short_schedules():
+    args = _module("recipe_probe").build_parser().parse_args(["--variant", "{}"])
+    assert (args.device, args.parallel, args.full_schedule, args.select_on) == ("cpu", 2, False, "val")

@@ -10,6 +10,8 @@ and what it reports is then a test number, read once, not a choice.
 from __future__ import annotations
 
 import argparse
+import json
+import re
 
 VALIDATION_SIZE = 5000
 VALIDATION_SEED = 0
@@ -46,3 +48,27 @@ def add_select_on(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--select-on", choices=SELECT_ON, default="val",
                         help="evaluate on the 5,000-image validation split (default; for choosing) or, once, "
                              "on the test set after training on all 50,000 images (for a chosen recipe only)")
+
+
+PROBE_LINE = re.compile(r"^(\{.*\}) epoch\s+(\d+)/(\d+) \| train loss ([\d.]+) acc ([\d.]+) \| "
+                        r"val loss ([\d.]+) acc ([\d.]+)")
+
+
+def histories_from_log(text: str) -> list[dict]:
+    """The per-epoch validation histories in a probe log (``recipe_probe.py``'s children print one line
+    per epoch on stderr), one entry per run, in order of first appearance. A log cut short by a time
+    limit still holds every epoch that finished, so runs stopped early can be compared at equal epochs."""
+    runs: dict[str, dict] = {}
+    for line in text.splitlines():
+        match = PROBE_LINE.match(line)
+        if match is None:
+            continue
+        run, epoch, epochs, train_loss, train_acc, val_loss, val_acc = match.groups()
+        overrides = json.loads(run)
+        seed = overrides.pop("seed", 0)
+        entry = runs.setdefault(run, {"overrides": overrides, "seed": seed, "epochs": int(epochs),
+                                      "history": []})
+        entry["history"].append({"epoch": int(epoch), "train_loss": float(train_loss),
+                                 "train_accuracy": float(train_acc), "validation_loss": float(val_loss),
+                                 "validation_accuracy": float(val_acc)})
+    return list(runs.values())

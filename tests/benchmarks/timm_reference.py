@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
-    config = preset("cifar10-cpu", epochs=args.epochs, low_res_epochs=0, seed=args.seed)
+    config = preset("cifar10-cpu", epochs=args.epochs, low_res_epochs=0, optimizer="adamw", seed=args.seed)
     torch.manual_seed(args.seed)
     model = TimmViT(**timm_kwargs(config.vit_config()))
     train_set, test_set = load_cifar10()
