@@ -103,3 +103,10 @@ def test_fsdp_refuses_muon_with_the_reason():
     with pytest.raises(ValueError, match="FSDP2 shards"):
         sharded.check(tiny_config(optimizer="muon"))
     sharded.check(tiny_config(optimizer="adamw"))
+
+
+def test_a_torch_without_muon_gets_a_clear_error(monkeypatch):
+    """Chapter 6's preset uses Muon; an older torch (a stale Colab runtime) must say what to do."""
+    monkeypatch.delattr(torch.optim, "Muon")
+    with pytest.raises(RuntimeError, match="upgrade torch .* or use optimizer='adamw'"):
+        build_optimizer(_model(), tiny_config(optimizer="muon"), steps_per_epoch=4)

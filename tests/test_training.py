@@ -308,7 +308,7 @@ def test_progressive_resizing_config_errors():
     with pytest.raises(TypeError, match="low_res_epochs=0"):
         fit(_progressive(), train_set=TRAIN, test_set=TEST, device="cpu", progress=False, log=None, model=cnn)
     chapter = preset("cifar10-cpu")
-    assert [(p.image_size, p.epochs) for p in chapter.phases()] == [(16, 14), (32, 11)]
+    assert [(p.image_size, p.epochs) for p in chapter.phases()] == [(16, 10), (32, 7)]
     assert [p.image_size for p in preset("cifar10-cpu", low_res_epochs=0).phases()] == [32]
 
 
