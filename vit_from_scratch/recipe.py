@@ -168,8 +168,9 @@ class Phase:
 # training images, the 5,000-image validation split, two seeds; tests/benchmarks/results/
 # select-partial-h200.json): Muon beat AdamW by about 10 points of validation accuracy at epoch 8 of the
 # old 14 + 11 schedule (67.4% and 67.5% against 57.6% and 57.7%), far beyond the seeds' spread (under one
-# point); a weight average (EMA), mean pooling with sin-cos positions and twice the learning rate did not
-# beat the seeds' spread, or fell behind. The phase lengths are a budget decision: Muon's CPU cost per step
+# point). A weight average (EMA) led by 1.2 points at epoch 8 but by 0.3 at epoch 11, within the spread;
+# mean pooling with sin-cos positions stayed within it; twice the learning rate fell 5 points behind.
+# The phase lengths are a budget decision: Muon's CPU cost per step
 # (tests/benchmarks/results/optimizer-cpu-2core.json) times the old recipe's epoch times, shortened until
 # the expected training time leaves a margin under 45 minutes. Batch 64 is an older default, from two-epoch
 # probes on test accuracy before the book had a validation split; it has not been measured again.
