@@ -3,6 +3,9 @@
 # (issue 14). Accuracy only: the probes run in float32 without TF32, so their arithmetic is the CPU's,
 # and their times are not CPU times (a lever that costs CPU time is judged on the CPU). Every variant
 # runs with two seeds, all at once, on one GPU.
+# The committed results (results/select-partial-h200.json) ran at commit e070db2, when the preset was
+# still AdamW with 14 + 11 epochs; the preset now holds the chosen recipe (Muon, 10 + 7), so a run of this
+# script today probes variants of that instead.
 # Usage (repository root, CIFAR-10's archive at $ARCHIVE):  bash tests/benchmarks/gpu_select.sh OUTDIR
 set -u
 OUTDIR=${1:?usage: gpu_select.sh OUTDIR}
