@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from vit_from_scratch import (Timing, benchmark, budget, environment_report, is_quick, network_available, pick_device,
+from vit_from_scratch import (Timing, benchmark, budget, claim, environment_report, is_quick, network_available,
+                              pick_device, seed_offset,
                               seed_everything, synchronize)
 
 
@@ -135,3 +136,47 @@ def test_environment_report_names_threads_and_the_libraries_a_chapter_compares_a
     assert f"threads {torch.get_num_threads()}" in line
     assert f"numpy {np.__version__}" in line and "no-such-library not installed" in line
     assert line.index("python") < line.index("numpy") < line.index("mode:")
+
+
+def test_vit_seed_shifts_seed_everything_and_is_reported(monkeypatch):
+    monkeypatch.delenv("VIT_SEED", raising=False)
+    seed_everything(3)
+    base = torch.rand(3)
+    monkeypatch.setenv("VIT_SEED", "2")
+    assert seed_offset() == 2
+    seed_everything(1)  # 1 + 2 = 3
+    assert torch.equal(torch.rand(3), base)
+    seed_everything(3)
+    shifted = torch.rand(3)
+    seed_everything(3)
+    assert not torch.equal(shifted, base) and torch.equal(torch.rand(3), shifted)
+    assert "VIT_SEED 2" in environment_report(torch.device("cpu"))
+    monkeypatch.setenv("VIT_SEED", "two")
+    with pytest.raises(ValueError, match="VIT_SEED='two' is not an integer"):
+        seed_offset()
+
+
+def test_claim_is_asserted_at_full_budget_and_only_sane_at_quick(monkeypatch, tmp_path):
+    monkeypatch.setenv("VIT_CLAIMS_LOG", str(tmp_path / "claims.jsonl"))
+    monkeypatch.setenv("VIT_QUICK", "0")
+    claim("beats chance", 0.5, above=0.1, n=100)
+    with pytest.raises(AssertionError, match="beats chance: 0.12 is not above 0.15"):
+        claim("beats chance", 0.12, above=0.15, n=500)
+    with pytest.raises(AssertionError, match="not below"):
+        claim("fast", 3.0, below=2.0)
+    monkeypatch.setenv("VIT_QUICK", "1")
+    claim("beats chance", 0.12, above=0.15, n=500)  # not asserted at the quick budget ...
+    with pytest.raises(AssertionError, match="beats chance: 0.12 is not above 0.15"):
+        claim("beats chance", 0.12, above=0.15, n=500, at_quick=True)  # ... unless asked
+    for bad in (float("nan"), 1.5):  # ... but a broken number fails at any budget
+        with pytest.raises(AssertionError):
+            claim("beats chance", bad, above=0.15, n=500)
+    with pytest.raises(ValueError, match="exactly one"):
+        claim("x", 1.0)
+    import json
+    records = [json.loads(line) for line in (tmp_path / "claims.jsonl").read_text().splitlines()]
+    first = records[0]
+    assert first["budget"] == "full" and first["asserted"] and first["n"] == 100
+    assert abs(first["margin_se"] - 0.4 / 0.05) < 1e-9  # se = sqrt(0.5 * 0.5 / 100) = 0.05
+    assert records[3]["budget"] == "quick" and not records[3]["asserted"]
+    assert records[3]["margin_se"] < 0 and records[2]["ratio"] == 1.5

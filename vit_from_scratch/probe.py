@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from .data import ImageSet
 from .loaders import make_loader
 from .model import VisionTransformer
+from .runtime import seed_offset
 
 __all__ = ["extract_features", "LinearProbe", "fit_linear_probe", "probe_accuracy"]
 
@@ -63,7 +64,7 @@ def fit_linear_probe(features: Tensor, labels: Tensor, num_classes: int, *, step
     if features.ndim != 2 or labels.shape != features.shape[:1]:
         raise ValueError(f"expected features (n, D) and labels (n,), got {tuple(features.shape)} and "
                          f"{tuple(labels.shape)}")
-    torch.manual_seed(seed)
+    torch.manual_seed(seed + seed_offset())  # VIT_SEED shifts it in a stress run; 0 by default
     probe = LinearProbe(features.mean(0), features.std(0) + 1e-6, num_classes)
     optimizer = torch.optim.AdamW(probe.linear.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)

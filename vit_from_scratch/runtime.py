@@ -1,8 +1,11 @@
 """Runtime helpers shared by every chapter: device, seeding, the quick flag, an environment report,
-device synchronisation, a timing loop and a network check that cannot hang."""
+device synchronisation, a timing loop, a network check that cannot hang, and ``claim``: how a chapter
+asserts a measured number so that the assertion holds on any machine at the quick budget."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import platform
 import random
@@ -17,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["pick_device", "seed_everything", "is_quick", "budget", "environment_report", "synchronize",
-           "Timing", "benchmark", "network_available"]
+__all__ = ["pick_device", "seed_everything", "seed_offset", "is_quick", "budget", "environment_report",
+           "synchronize", "Timing", "benchmark", "network_available", "claim"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
@@ -48,8 +51,29 @@ def pick_device(prefer: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def seed_offset() -> int:
+    """The offset ``VIT_SEED`` adds to every seed :func:`seed_everything` sets (0 when unset).
+
+    A stress run (``tests/stress_chapters.py``) executes the chapters with ``VIT_SEED=1``, ``2``, ...
+    to check that no assertion hangs on one lucky draw; readers leave it unset.
+    """
+    value = os.environ.get("VIT_SEED", "").strip()
+    if not value:
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"VIT_SEED={value!r} is not an integer; unset it or give a whole number "
+                         "such as VIT_SEED=1.") from None
+
+
 def seed_everything(seed: int = 0) -> None:
-    """Seed Python's, NumPy's and torch's generators (all devices) with ``seed``."""
+    """Seed Python's, NumPy's and torch's generators (all devices) with ``seed + seed_offset()``.
+
+    ``VIT_SEED`` unset (the default), this is ``seed`` itself. The same call twice still gives the
+    same draws under any ``VIT_SEED``, so "same seed, same weights" checks hold in a stress run.
+    """
+    seed = seed + seed_offset()
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
@@ -119,6 +143,8 @@ def environment_report(device: torch.device | None = None,
     parts = [f"device: {name}", f"threads {torch.get_num_threads()}", f"torch {torch.__version__}",
              f"python {platform.python_version()}"]
     parts += [f"{lib} {_library_version(lib)}" for lib in libraries]
+    if seed_offset():
+        parts.append(f"VIT_SEED {seed_offset()}")
     return " | ".join([*parts, f"mode: {mode}"])
 
 
@@ -193,3 +219,59 @@ def network_available(host: str = "download.pytorch.org", port: int = 443, timeo
 
     threading.Thread(target=probe, daemon=True).start()
     return opened.wait(timeout)
+
+
+def claim(name: str, value: float, *, above: float | None = None, below: float | None = None,
+          n: int | None = None, at_quick: bool = False) -> None:
+    """Assert that a measured ``value`` lies above (or below) a threshold, where the budget can carry it.
+
+    At the full budget the inequality is asserted. At the quick budget a model trains for seconds,
+    and its numbers move with the CPU, the thread count, the torch version and the seed: there the
+    inequality is asserted only when ``at_quick`` says the chapter checked that it holds with a
+    margin (for an accuracy on ``n`` images: at least four binomial standard errors, on every
+    perturbation of ``tests/stress_chapters.py``). Otherwise the quick run asserts what it can
+    whatever the machine: that ``value`` is finite, and within [0, 1] when it is a fraction of
+    ``n`` images.
+
+    Args:
+        name: what the claim says, e.g. ``"the probe beats chance"``; the assertion's message.
+        value: the measured number.
+        above, below: the threshold ``value`` must exceed (or stay under); exactly one of them.
+        n: the number of images an accuracy was measured on (for its binomial standard error).
+        at_quick: assert the inequality at the quick budget too.
+
+    With ``VIT_CLAIMS_LOG`` set to a file, one JSON line per call is appended to it: the name,
+    value, threshold, margin (in standard errors when ``n`` is given, else as value / threshold)
+    and whether the inequality was asserted. The stress run reads these into its table.
+    """
+    if (above is None) == (below is None):
+        raise ValueError(f"claim {name!r}: give exactly one of above= or below=")
+    value = float(value)
+    threshold = float(above if above is not None else below)
+    quick = is_quick()
+    asserted = at_quick or not quick
+    se = margin_se = None
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"claim {name!r}: n={n} images; an accuracy needs n >= 1")
+        # the larger of the two binomial errors: at the measured value and at the threshold
+        se = max(math.sqrt(max(p * (1 - p), 0.0) / n) for p in (min(max(value, 0.0), 1.0),
+                                                              min(max(threshold, 0.0), 1.0)))
+        distance = value - threshold if above is not None else threshold - value
+        margin_se = distance / se if se > 0 else math.copysign(math.inf, distance)
+    log = os.environ.get("VIT_CLAIMS_LOG")
+    if log:
+        record = {"name": name, "value": value, "direction": "above" if above is not None else "below",
+                  "threshold": threshold, "n": n, "se": se, "margin_se": margin_se,
+                  "ratio": value / threshold if threshold else None,
+                  "budget": "quick" if quick else "full", "asserted": asserted}
+        with open(log, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    assert math.isfinite(value), f"{name}: the measured value is {value}, not a finite number"
+    if n is not None:
+        assert 0.0 <= value <= 1.0, f"{name}: {value} is not a fraction of {n} images"
+    if asserted:
+        if above is not None:
+            assert value > threshold, f"{name}: {value:.4g} is not above {threshold:.4g}"
+        else:
+            assert value < threshold, f"{name}: {value:.4g} is not below {threshold:.4g}"

@@ -30,7 +30,7 @@ from .loaders import make_loader, mixup_cutmix
 from .model import VisionTransformer, to_resolution
 from .parallel import SingleProcess
 from .recipe import Phase, TrainConfig, autocast_dtype, build_optimizer, config_differences
-from .runtime import pick_device
+from .runtime import pick_device, seed_offset
 
 __all__ = ["evaluate", "fit", "FitResult", "NonFiniteLossError", "prepare_out_dir", "RUN_FILES"]
 
@@ -196,7 +196,7 @@ def _start(config: TrainConfig, train_set: ImageSet, test_set: ImageSet, device:
                         f"to a new image size; a {type(model).__name__} cannot; set low_res_epochs=0")
     # Normalise with the statistics of the data it trains on (the full-size images, in every phase).
     mean, std = channel_stats(train_set.images)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed + seed_offset())  # VIT_SEED shifts it in a stress run; 0 by default
     if model is None:
         model = VisionTransformer(replace(config.model, image_size=phases[0].image_size))
     model = model.to(device)
