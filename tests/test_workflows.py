@@ -107,3 +107,17 @@ def test_every_action_is_githubs_own_and_pinned(path):
     assert uses
     loose = [u for u in uses if not PINNED.fullmatch(u)]
     assert not loose, f"{path.name}: pin GitHub's own actions to a release tag or commit: {loose}"
+
+
+def test_unit_tests_run_on_the_torch_floor_and_the_newest_on_two_pythons():
+    workflow = _load(TESTS)
+    unit = workflow["jobs"]["unit"]
+    assert unit["strategy"]["matrix"] == {"python": ["3.10", "3.12"], "torch": ["floor", "newest"]}
+    runs = "\n".join(step.get("run", "") for step in unit["steps"])
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    floor = re.search(r'"torch>=([\d.]+)"', pyproject).group(1)
+    vision = re.search(r'"torchvision>=([\d.]+)"', pyproject).group(1)
+    # the pins are the lower bounds pyproject.toml declares, so raising the floor means editing both
+    assert f'"torch=={floor}.0"' in runs or f'"torch=={floor}"' in runs, (floor, runs)
+    assert f'"torchvision=={vision}.0"' in runs or f'"torchvision=={vision}"' in runs, (vision, runs)
+    assert "pytest tests" in runs
