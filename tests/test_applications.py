@@ -276,3 +276,13 @@ def test_empty_masks_are_left_out_and_bad_maps_refused():
         mass_inside(torch.rand(2, 4, 4), torch.ones(1, 16, 16))  # two maps, one mask
     with pytest.raises(ValueError, match="non-negative"):
         pointing_game(-torch.rand(1, 4, 4), torch.ones(1, 16, 16))
+
+
+# Issue 28: faults, second probe ------------------------------------------------------------------
+def test_16_bit_tile_masks_are_scaled_not_clipped(tmp_path):
+    root = _tile_tree(tmp_path, per_class=1)
+    for mask in root.glob("magnetic-tile/MT_*/Imgs/*.png"):  # the same masks as 16-bit PNGs
+        defect = np.array(Image.open(mask)) > 0
+        Image.fromarray(np.where(defect, 65535, 20000).astype(np.uint16)).save(mask)  # 20000: 78 of 255
+    tiles = load_magnetic_tiles(root, size=16)
+    assert abs(tiles.masks.float().mean().item() / 255 - 0.25) < 0.02  # still a quarter, not all defect

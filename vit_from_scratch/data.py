@@ -28,7 +28,7 @@ from .runtime import network_available
 
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "ImageSet", "default_data_dir", "find_image_folder",
-    "load_image_folder", "check_classes", "load_cifar10", "channel_stats", "normalize", "resize_images",
+    "load_image_folder", "check_classes", "to_8bit", "load_cifar10", "channel_stats", "normalize", "resize_images",
     "validation_split",
 ]
 
@@ -83,6 +83,24 @@ def find_image_folder(root: str | os.PathLike, names: Sequence[str] = ("cifar10-
     return None
 
 
+def to_8bit(image: "PIL.Image.Image") -> "PIL.Image.Image":
+    """A 16-bit grayscale image (Pillow's modes ``I;16*``, and ``I``, as older Pillow opens 16-bit PNGs)
+    scaled to 8 bits (``round(v / 257)``, so 65535 -> 255); any other image is returned unchanged.
+
+    Pillow's own ``convert("RGB")``/``convert("L")`` clip such an image at 255 instead of scaling it.
+    """
+    import numpy as np
+    from PIL import Image
+
+    if not image.mode.startswith("I"):
+        return image
+    values = np.array(image, dtype=np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(f"a mode-{image.mode} image holds values {values.min()}..{values.max()}, outside the 16-bit "
+                         "range 0..65535 this loader scales to 8 bits: convert it to an 8-bit image first")
+    return Image.fromarray(((values + 128) // 257).astype(np.uint8), "L")  # round(v / 257), 65535 -> 255
+
+
 def _decode(path: Path) -> Tensor:
     """One image file -> uint8 (3, H, W). Pillow decodes (torchvision's decoders are deprecated).
 
@@ -94,10 +112,14 @@ def _decode(path: Path) -> Tensor:
 
     try:
         with Image.open(path) as image:
-            pixels = np.array(image.convert("RGB"))  # (H, W, 3), a writable copy
+            image.load()  # decodes: a damaged file fails here
     except Exception as error:  # OSError, SyntaxError, DecompressionBombError...
         raise OSError(f"could not decode the image {path} ({type(error).__name__}: {error}); the file is "
                       "damaged or not an image: replace it (e.g. unpack the data set again) or delete it") from error
+    try:
+        pixels = np.array(to_8bit(image).convert("RGB"))  # (H, W, 3), a writable copy
+    except ValueError as error:  # a 32-bit image
+        raise ValueError(f"{path}: {error}") from None
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 

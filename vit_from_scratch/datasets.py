@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data import ImageSet, default_data_dir, load_image_folder, resize_images, validation_split
+from .data import ImageSet, default_data_dir, load_image_folder, resize_images, to_8bit, validation_split
 from .runtime import network_available
 
 __all__ = ["EUROSAT_CLASSES", "MAGNETIC_TILE_CLASSES", "MAGNETIC_TILE_URL", "MaskedImageSet", "load_eurosat",
@@ -119,7 +119,7 @@ def _read_gray(path: Path) -> Tensor:
 
     try:
         with Image.open(path) as image:
-            pixels = np.array(image.convert("L"), dtype=np.float32)
+            pixels = np.array(to_8bit(image).convert("L"), dtype=np.float32)  # 16-bit masks scaled
     except Exception as error:
         raise OSError(f"could not decode {path} ({type(error).__name__}: {error}): replace the file "
                       "(unpack the data set again) or delete it together with its partner") from error
