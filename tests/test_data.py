@@ -401,6 +401,19 @@ def test_validation_split_rounds_to_the_exact_count_and_refuses_bad_sizes():
 # --------------------------------------------------------------------------- issue 28: faults, second probe
 
 
+def test_cache_sees_an_image_replaced_by_another_of_the_same_size_and_time(tmp_path):
+    root = _write_tree(tmp_path / "d", suffix=".bmp")  # BMP: every 8x8 image has the same byte size
+    first = load_image_folder(root / "train")
+    image = root / "train" / "dog" / "001.bmp"
+    before = image.stat()
+    Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(image)  # other pixels, the same size...
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))  # ...and time, as cp -p or tar leave it
+    assert image.stat().st_size == before.st_size
+    again = load_image_folder(root / "train")
+    assert (again.images[5] == 7).all() and not torch.equal(again.images[5], first.images[5])
+    assert torch.equal(again.images[6:], first.images[6:])
+
+
 def test_16_bit_grayscale_png_is_scaled_to_8_bits_not_clipped(tmp_path):
     levels = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16  # 0..65520, a 16-bit gradient
     (tmp_path / "train" / "gray").mkdir(parents=True)

@@ -201,6 +201,22 @@ def _read_cache(cache_file: Path, classes: tuple[str, ...], count: int) -> tuple
         return None
 
 
+def _content_key(split_dir: Path, files: list[tuple[Path, int]]) -> str:
+    """The decoded-data cache's key: a hash of every file's name and bytes.
+
+    The content, not modification time plus size: a file replaced by another of the same size keeps its
+    time when copied with ``cp -p``, ``rsync -t`` or ``tar``, and two writes within one tick of the file
+    system's coarse clock (milliseconds) get the same time, so only the bytes tell. Reading them costs one
+    pass over the files per load, without decoding (a small part of decoding them).
+    """
+    key = hashlib.sha1()
+    for path, _ in files:
+        data = path.read_bytes()
+        key.update(f"{path.relative_to(split_dir)}:{len(data)}\n".encode())
+        key.update(data)
+    return key.hexdigest()[:12]
+
+
 def _decode_all(files: list[tuple[Path, int]]) -> tuple[Tensor, Tensor]:
     first = _decode(files[0][0])
     images = torch.empty((len(files), *first.shape), dtype=torch.uint8)
@@ -221,15 +237,14 @@ def load_image_folder(split_dir: str | os.PathLike, *, classes: Sequence[str] | 
     Args:
         classes: the class list this split must have (e.g. the training split's ``classes``); labels follow
             its order. ``None``: the sorted folder names (use that for the training split only).
-        cache: keep the decoded tensor beside the tree (``.decoded-<split>-<hash>.pt``), keyed by the file
-            list, so the next run loads in a second; a damaged cache is deleted and rebuilt.
+        cache: keep the decoded tensor beside the tree (``.decoded-<split>-<hash>.pt``), keyed by the files'
+            names and contents, so the next run loads in a second; a damaged cache is deleted and rebuilt.
     """
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise FileNotFoundError(f"no folder {split_dir}: expected one sub-folder of images per class")
     classes, files = _list_images(split_dir, classes)
-    key = hashlib.sha1("\n".join(f"{p.relative_to(split_dir)}:{p.stat().st_size}" for p, _ in files).encode())
-    cache_file = split_dir.parent / f".decoded-{split_dir.name}-{key.hexdigest()[:12]}.pt"
+    cache_file = split_dir.parent / f".decoded-{split_dir.name}-{_content_key(split_dir, files)}.pt"
     cached = _read_cache(cache_file, classes, len(files)) if cache else None
     if cached is not None:
         return ImageSet(*cached, classes, str(split_dir))
