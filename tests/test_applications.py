@@ -279,6 +279,20 @@ def test_empty_masks_are_left_out_and_bad_maps_refused():
 
 
 # Issue 28: faults, second probe ------------------------------------------------------------------
+def test_eurosat_with_a_missing_or_a_stray_class_folder_is_refused_naming_it(tmp_path):
+    import shutil
+    root = _eurosat_tree(tmp_path / "a", per_class=1)
+    shutil.rmtree(root / "eurosat/2750/Highway")  # 9 classes: the labels after it would shift
+    with pytest.raises(ValueError, match="missing Highway") as info:
+        load_eurosat(root, download=False)
+    assert "\n" not in str(info.value)
+    root = _eurosat_tree(tmp_path / "b", per_class=1)
+    (root / "eurosat/2750/Desert").mkdir()  # a stray folder: an 11th class
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(root / "eurosat/2750/Desert/0.png")
+    with pytest.raises(ValueError, match="Desert"):
+        load_eurosat(root, download=False)
+
+
 def test_16_bit_tile_masks_are_scaled_not_clipped(tmp_path):
     root = _tile_tree(tmp_path, per_class=1)
     for mask in root.glob("magnetic-tile/MT_*/Imgs/*.png"):  # the same masks as 16-bit PNGs

@@ -123,24 +123,27 @@ def _decode(path: Path) -> Tensor:
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
-def _describe_difference(expected: Sequence[str], found: Sequence[str]) -> str:
+def _describe_difference(expected: Sequence[str], found: Sequence[str], reference: str = "the training split") -> str:
     missing = [c for c in expected if c not in found]
     extra = [c for c in found if c not in expected]
-    parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"not in the training split: "
+    parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"not in {reference}: "
                                                                        f"{', '.join(extra)}"] if extra else [])
     return "; ".join(parts) if parts else f"the same names in another order ({', '.join(found)})"
 
 
-def check_classes(expected: Sequence[str], found: Sequence[str], where: str) -> None:
+def check_classes(expected: Sequence[str], found: Sequence[str], where: str, *,
+                  reference: str = "the training split") -> None:
     """Raise :class:`ValueError` unless ``found`` is exactly the class list ``expected`` (same names, same order).
 
-    The class list is established once, from the training split; every other split (validation, test) is
-    checked against it, because label ``i`` must mean the same class everywhere.
+    The class list is established once, from the training split (or a data set's published classes, named
+    by ``reference``); every other split (validation, test) is checked against it, because label ``i`` must
+    mean the same class everywhere.
     """
     if tuple(expected) != tuple(found):
-        raise ValueError(f"{where} has other classes than the training split: {_describe_difference(expected, found)}. "
-                         f"Expected the classes ({', '.join(expected)}); rename, add or remove the class "
-                         "folders of that split so that they match the training split's")
+        raise ValueError(f"{where} has other classes than {reference}: "
+                         f"{_describe_difference(expected, found, reference)}. Expected the classes "
+                         f"({', '.join(expected)}); rename, add or remove the class folders so that they match "
+                         f"{reference}")
 
 
 def _list_images(split_dir: Path, classes: Sequence[str] | None) -> tuple[tuple[str, ...], list[tuple[Path, int]]]:
