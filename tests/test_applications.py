@@ -300,3 +300,20 @@ def test_16_bit_tile_masks_are_scaled_not_clipped(tmp_path):
         Image.fromarray(np.where(defect, 65535, 20000).astype(np.uint16)).save(mask)  # 20000: 78 of 255
     tiles = load_magnetic_tiles(root, size=16)
     assert abs(tiles.masks.float().mean().item() / 255 - 0.25) < 0.02  # still a quarter, not all defect
+
+
+def test_nan_and_infinite_maps_are_refused():
+    masks = torch.ones(1, 16, 16)
+    for bad in (float("nan"), float("inf")):
+        maps = torch.rand(1, 4, 4)
+        maps[0, 1, 1] = bad
+        for score in (pointing_game, mass_inside):
+            with pytest.raises(ValueError, match="finite"):
+                score(maps, masks)
+
+
+def test_an_all_zero_map_scores_exactly_chance_in_both_scores():
+    masks, zero = _masks(), torch.zeros(3, 4, 4)
+    for score in (pointing_game, mass_inside):
+        result = score(zero, masks)
+        torch.testing.assert_close(result.score, result.chance)  # it points nowhere: a uniform map
