@@ -83,12 +83,9 @@ def find_image_folder(root: str | os.PathLike, names: Sequence[str] = ("cifar10-
     return None
 
 
-def to_8bit(image: "PIL.Image.Image") -> "PIL.Image.Image":
-    """A 16-bit grayscale image (Pillow's modes ``I;16*``, and ``I``, as older Pillow opens 16-bit PNGs)
-    scaled to 8 bits (``round(v / 257)``, so 65535 -> 255); any other image is returned unchanged.
-
-    Pillow's own ``convert("RGB")``/``convert("L")`` clip such an image at 255 instead of scaling it.
-    """
+def to_8bit(image: "PIL.Image.Image", name: str = "the image") -> "PIL.Image.Image":
+    """A 16-bit grayscale image (modes ``I;16*``, and ``I`` as older Pillow opens 16-bit PNGs) scaled to 8 bits,
+    ``round(v / 257)``, where Pillow's ``convert`` clips at 255; any other image is returned unchanged."""
     import numpy as np
     from PIL import Image
 
@@ -96,8 +93,8 @@ def to_8bit(image: "PIL.Image.Image") -> "PIL.Image.Image":
         return image
     values = np.array(image, dtype=np.int64)
     if values.size and (values.min() < 0 or values.max() > 65535):
-        raise ValueError(f"a mode-{image.mode} image holds values {values.min()}..{values.max()}, outside the 16-bit "
-                         "range 0..65535 this loader scales to 8 bits: convert it to an 8-bit image first")
+        raise ValueError(f"{name} (mode {image.mode}) holds values {values.min()}..{values.max()}, outside the "
+                         "16-bit range 0..65535 that is scaled to 8 bits: convert it to an 8-bit image first")
     return Image.fromarray(((values + 128) // 257).astype(np.uint8), "L")  # round(v / 257), 65535 -> 255
 
 
@@ -116,10 +113,7 @@ def _decode(path: Path) -> Tensor:
     except Exception as error:  # OSError, SyntaxError, DecompressionBombError...
         raise OSError(f"could not decode the image {path} ({type(error).__name__}: {error}); the file is "
                       "damaged or not an image: replace it (e.g. unpack the data set again) or delete it") from error
-    try:
-        pixels = np.array(to_8bit(image).convert("RGB"))  # (H, W, 3), a writable copy
-    except ValueError as error:  # a 32-bit image
-        raise ValueError(f"{path}: {error}") from None
+    pixels = np.array(to_8bit(image, str(path)).convert("RGB"))  # (H, W, 3), a writable copy
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
@@ -135,13 +129,12 @@ def check_classes(expected: Sequence[str], found: Sequence[str], where: str, *,
                   reference: str = "the training split") -> None:
     """Raise :class:`ValueError` unless ``found`` is exactly the class list ``expected`` (same names, same order).
 
-    The class list is established once, from the training split (or a data set's published classes, named
-    by ``reference``); every other split (validation, test) is checked against it, because label ``i`` must
-    mean the same class everywhere.
+    The class list is established once, from the training split (or the ``reference`` a data set publishes);
+    every other split is checked against it, because label ``i`` must mean the same class everywhere.
     """
     if tuple(expected) != tuple(found):
-        raise ValueError(f"{where} has other classes than {reference}: "
-                         f"{_describe_difference(expected, found, reference)}. Expected the classes "
+        difference = _describe_difference(expected, found, reference)
+        raise ValueError(f"{where} has other classes than {reference}: {difference}. Expected the classes "
                          f"({', '.join(expected)}); rename, add or remove the class folders so that they match "
                          f"{reference}")
 
@@ -205,13 +198,10 @@ def _read_cache(cache_file: Path, classes: tuple[str, ...], count: int) -> tuple
 
 
 def _content_key(split_dir: Path, files: list[tuple[Path, int]]) -> str:
-    """The decoded-data cache's key: a hash of every file's name and bytes.
-
-    The content, not modification time plus size: a file replaced by another of the same size keeps its
-    time when copied with ``cp -p``, ``rsync -t`` or ``tar``, and two writes within one tick of the file
-    system's coarse clock (milliseconds) get the same time, so only the bytes tell. Reading them costs one
-    pass over the files per load, without decoding (a small part of decoding them).
-    """
+    """The decoded-data cache's key: a hash of every file's name and bytes. Not mtime plus size: a file replaced
+    by one of the same size keeps its old time under ``cp -p``, ``rsync -t`` or ``tar``, and two writes in one
+    tick of the file system's coarse clock share a time, so only the bytes tell. The cost: one read of every
+    file per load, without decoding."""
     key = hashlib.sha1()
     for path, _ in files:
         data = path.read_bytes()
