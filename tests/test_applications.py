@@ -276,3 +276,44 @@ def test_empty_masks_are_left_out_and_bad_maps_refused():
         mass_inside(torch.rand(2, 4, 4), torch.ones(1, 16, 16))  # two maps, one mask
     with pytest.raises(ValueError, match="non-negative"):
         pointing_game(-torch.rand(1, 4, 4), torch.ones(1, 16, 16))
+
+
+# Issue 28: faults, second probe ------------------------------------------------------------------
+def test_eurosat_with_a_missing_or_a_stray_class_folder_is_refused_naming_it(tmp_path):
+    import shutil
+    root = _eurosat_tree(tmp_path / "a", per_class=1)
+    shutil.rmtree(root / "eurosat/2750/Highway")  # 9 classes: the labels after it would shift
+    with pytest.raises(ValueError, match="missing Highway") as info:
+        load_eurosat(root, download=False)
+    assert "\n" not in str(info.value)
+    root = _eurosat_tree(tmp_path / "b", per_class=1)
+    (root / "eurosat/2750/Desert").mkdir()  # a stray folder: an 11th class
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(root / "eurosat/2750/Desert/0.png")
+    with pytest.raises(ValueError, match="Desert"):
+        load_eurosat(root, download=False)
+
+
+def test_16_bit_tile_masks_are_scaled_not_clipped(tmp_path):
+    root = _tile_tree(tmp_path, per_class=1)
+    for mask in root.glob("magnetic-tile/MT_*/Imgs/*.png"):  # the same masks as 16-bit PNGs
+        defect = np.array(Image.open(mask)) > 0
+        Image.fromarray(np.where(defect, 65535, 20000).astype(np.uint16)).save(mask)  # 20000: 78 of 255
+    tiles = load_magnetic_tiles(root, size=16)
+    assert abs(tiles.masks.float().mean().item() / 255 - 0.25) < 0.02  # still a quarter, not all defect
+
+
+def test_nan_and_infinite_maps_are_refused():
+    masks = torch.ones(1, 16, 16)
+    for bad in (float("nan"), float("inf")):
+        maps = torch.rand(1, 4, 4)
+        maps[0, 1, 1] = bad
+        for score in (pointing_game, mass_inside):
+            with pytest.raises(ValueError, match="finite"):
+                score(maps, masks)
+
+
+def test_an_all_zero_map_scores_exactly_chance_in_both_scores():
+    masks, zero = _masks(), torch.zeros(3, 4, 4)
+    for score in (pointing_game, mass_inside):
+        result = score(zero, masks)
+        torch.testing.assert_close(result.score, result.chance)  # it points nowhere: a uniform map

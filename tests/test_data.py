@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from vit_from_scratch.data import (ImageSet, channel_stats, check_classes, default_data_dir, find_image_folder,
-                                   load_cifar10, load_image_folder, normalize, validation_split)
+                                   load_cifar10, load_image_folder, normalize, to_8bit, validation_split)
 from vit_from_scratch.loaders import Augment, BatchLoader, WorkerLoader, make_loader, mixup_cutmix
 
 
@@ -396,3 +396,39 @@ def test_validation_split_rounds_to_the_exact_count_and_refuses_bad_sizes():
     for bad in (0, 20, 1.0, 0.0, -0.5, True, "10%"):
         with pytest.raises(ValueError, match="count between 1 and 19"):
             validation_split(data, bad)
+
+
+# --------------------------------------------------------------------------- issue 28: faults, second probe
+
+
+def test_cache_sees_an_image_replaced_by_another_of_the_same_size_and_time(tmp_path):
+    root = _write_tree(tmp_path / "d", suffix=".bmp")  # BMP: every 8x8 image has the same byte size
+    first = load_image_folder(root / "train")
+    image = root / "train" / "dog" / "001.bmp"
+    before = image.stat()
+    Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(image)  # other pixels, the same size...
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))  # ...and time, as cp -p or tar leave it
+    assert image.stat().st_size == before.st_size
+    again = load_image_folder(root / "train")
+    assert (again.images[5] == 7).all() and not torch.equal(again.images[5], first.images[5])
+    assert torch.equal(again.images[6:], first.images[6:])
+
+
+def test_16_bit_grayscale_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    levels = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16  # 0..65520, a 16-bit gradient
+    (tmp_path / "train" / "gray").mkdir(parents=True)
+    Image.fromarray(levels).save(tmp_path / "train" / "gray" / "0.png")
+    assert Image.open(tmp_path / "train" / "gray" / "0.png").mode == "I;16"
+    data = load_image_folder(tmp_path / "train", cache=False)
+    expected = torch.from_numpy(np.round(levels / 257).astype(np.uint8))
+    assert data.images.shape == (1, 3, 64, 64) and all(torch.equal(c, expected) for c in data.images[0])
+    assert (data.images == 255).float().mean() < 0.01  # not 99.6% saturated
+
+
+def test_to_8bit_scales_32_bit_integer_images_holding_16_bit_values_and_refuses_wider_ones():
+    sixteen = Image.fromarray(np.array([[0, 257, 65535]], np.int32))  # mode "I", as older Pillow opens 16-bit PNGs
+    assert sixteen.mode == "I" and np.array(to_8bit(sixteen)).tolist() == [[0, 1, 255]]
+    eight = Image.fromarray(np.array([[0, 9, 255]], np.uint8))
+    assert to_8bit(eight) is eight  # 8-bit images pass unchanged
+    with pytest.raises(ValueError, match="0..65535"):
+        to_8bit(Image.fromarray(np.array([[0, 70000]], np.int32)))

@@ -28,7 +28,7 @@ from .runtime import network_available
 
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "ImageSet", "default_data_dir", "find_image_folder",
-    "load_image_folder", "check_classes", "load_cifar10", "channel_stats", "normalize", "resize_images",
+    "load_image_folder", "check_classes", "to_8bit", "load_cifar10", "channel_stats", "normalize", "resize_images",
     "validation_split",
 ]
 
@@ -83,6 +83,21 @@ def find_image_folder(root: str | os.PathLike, names: Sequence[str] = ("cifar10-
     return None
 
 
+def to_8bit(image: "PIL.Image.Image", name: str = "the image") -> "PIL.Image.Image":
+    """A 16-bit grayscale image (modes ``I;16*``, and ``I`` as older Pillow opens 16-bit PNGs) scaled to 8 bits,
+    ``round(v / 257)``, where Pillow's ``convert`` clips at 255; any other image is returned unchanged."""
+    import numpy as np
+    from PIL import Image
+
+    if not image.mode.startswith("I"):
+        return image
+    values = np.array(image, dtype=np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(f"{name} (mode {image.mode}) holds values {values.min()}..{values.max()}, outside the "
+                         "16-bit range 0..65535 that is scaled to 8 bits: convert it to an 8-bit image first")
+    return Image.fromarray(((values + 128) // 257).astype(np.uint8), "L")  # round(v / 257), 65535 -> 255
+
+
 def _decode(path: Path) -> Tensor:
     """One image file -> uint8 (3, H, W). Pillow decodes (torchvision's decoders are deprecated).
 
@@ -94,31 +109,34 @@ def _decode(path: Path) -> Tensor:
 
     try:
         with Image.open(path) as image:
-            pixels = np.array(image.convert("RGB"))  # (H, W, 3), a writable copy
+            image.load()  # decodes: a damaged file fails here
     except Exception as error:  # OSError, SyntaxError, DecompressionBombError...
         raise OSError(f"could not decode the image {path} ({type(error).__name__}: {error}); the file is "
                       "damaged or not an image: replace it (e.g. unpack the data set again) or delete it") from error
+    pixels = np.array(to_8bit(image, str(path)).convert("RGB"))  # (H, W, 3), a writable copy
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
-def _describe_difference(expected: Sequence[str], found: Sequence[str]) -> str:
+def _describe_difference(expected: Sequence[str], found: Sequence[str], reference: str = "the training split") -> str:
     missing = [c for c in expected if c not in found]
     extra = [c for c in found if c not in expected]
-    parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"not in the training split: "
+    parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"not in {reference}: "
                                                                        f"{', '.join(extra)}"] if extra else [])
     return "; ".join(parts) if parts else f"the same names in another order ({', '.join(found)})"
 
 
-def check_classes(expected: Sequence[str], found: Sequence[str], where: str) -> None:
+def check_classes(expected: Sequence[str], found: Sequence[str], where: str, *,
+                  reference: str = "the training split") -> None:
     """Raise :class:`ValueError` unless ``found`` is exactly the class list ``expected`` (same names, same order).
 
-    The class list is established once, from the training split; every other split (validation, test) is
-    checked against it, because label ``i`` must mean the same class everywhere.
+    The class list is established once, from the training split (or the ``reference`` a data set publishes);
+    every other split is checked against it, because label ``i`` must mean the same class everywhere.
     """
     if tuple(expected) != tuple(found):
-        raise ValueError(f"{where} has other classes than the training split: {_describe_difference(expected, found)}. "
-                         f"Expected the classes ({', '.join(expected)}); rename, add or remove the class "
-                         "folders of that split so that they match the training split's")
+        difference = _describe_difference(expected, found, reference)
+        raise ValueError(f"{where} has other classes than {reference}: {difference}. Expected the classes "
+                         f"({', '.join(expected)}); rename, add or remove the class folders so that they match "
+                         f"{reference}")
 
 
 def _list_images(split_dir: Path, classes: Sequence[str] | None) -> tuple[tuple[str, ...], list[tuple[Path, int]]]:
@@ -179,6 +197,19 @@ def _read_cache(cache_file: Path, classes: tuple[str, ...], count: int) -> tuple
         return None
 
 
+def _content_key(split_dir: Path, files: list[tuple[Path, int]]) -> str:
+    """The decoded-data cache's key: a hash of every file's name and bytes. Not mtime plus size: a file replaced
+    by one of the same size keeps its old time under ``cp -p``, ``rsync -t`` or ``tar``, and two writes in one
+    tick of the file system's coarse clock share a time, so only the bytes tell. The cost: one read of every
+    file per load, without decoding."""
+    key = hashlib.sha1()
+    for path, _ in files:
+        data = path.read_bytes()
+        key.update(f"{path.relative_to(split_dir)}:{len(data)}\n".encode())
+        key.update(data)
+    return key.hexdigest()[:12]
+
+
 def _decode_all(files: list[tuple[Path, int]]) -> tuple[Tensor, Tensor]:
     first = _decode(files[0][0])
     images = torch.empty((len(files), *first.shape), dtype=torch.uint8)
@@ -199,15 +230,14 @@ def load_image_folder(split_dir: str | os.PathLike, *, classes: Sequence[str] | 
     Args:
         classes: the class list this split must have (e.g. the training split's ``classes``); labels follow
             its order. ``None``: the sorted folder names (use that for the training split only).
-        cache: keep the decoded tensor beside the tree (``.decoded-<split>-<hash>.pt``), keyed by the file
-            list, so the next run loads in a second; a damaged cache is deleted and rebuilt.
+        cache: keep the decoded tensor beside the tree (``.decoded-<split>-<hash>.pt``), keyed by the files'
+            names and contents, so the next run loads in a second; a damaged cache is deleted and rebuilt.
     """
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise FileNotFoundError(f"no folder {split_dir}: expected one sub-folder of images per class")
     classes, files = _list_images(split_dir, classes)
-    key = hashlib.sha1("\n".join(f"{p.relative_to(split_dir)}:{p.stat().st_size}" for p, _ in files).encode())
-    cache_file = split_dir.parent / f".decoded-{split_dir.name}-{key.hexdigest()[:12]}.pt"
+    cache_file = split_dir.parent / f".decoded-{split_dir.name}-{_content_key(split_dir, files)}.pt"
     cached = _read_cache(cache_file, classes, len(files)) if cache else None
     if cached is not None:
         return ImageSet(*cached, classes, str(split_dir))

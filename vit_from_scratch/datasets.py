@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data import ImageSet, default_data_dir, load_image_folder, resize_images, validation_split
+from .data import (ImageSet, check_classes, default_data_dir, load_image_folder, resize_images, to_8bit,
+                   validation_split)
 from .runtime import network_available
 
 __all__ = ["EUROSAT_CLASSES", "MAGNETIC_TILE_CLASSES", "MAGNETIC_TILE_URL", "MaskedImageSet", "load_eurosat",
@@ -53,8 +54,9 @@ def load_eurosat(root: str | os.PathLike | None = None, *, size: int = 64,
 
     The images are found with ``torchvision.datasets.EuroSAT(root)``, the call that also downloads them
     (``download``: ``None`` tries only when the network answers). They are decoded once into one tensor by
-    :func:`~vit_from_scratch.data.load_image_folder` (cached beside the tree), labels in torchvision's
-    class order, then resized (antialiased) when ``size`` is not the native 64.
+    :func:`~vit_from_scratch.data.load_image_folder` (cached beside the tree), labels in the order of
+    :data:`EUROSAT_CLASSES` (torchvision's), then resized (antialiased) when ``size`` is not the native 64.
+    The class folders must be exactly EuroSAT's ten: a missing or a stray one is refused, naming it.
     """
     from torchvision.datasets import EuroSAT
 
@@ -73,9 +75,11 @@ def load_eurosat(root: str | os.PathLike | None = None, *, size: int = 64,
         if not folder.is_dir():
             raise _missing("EuroSAT", root, reason, f"{folder}/<class>/*.jpg",
                            "let torchvision download it: torchvision.datasets.EuroSAT(root, download=True)")
-    classes = tuple(EuroSAT(str(root)).classes)  # the same call reads the offline copy
-    decoded = load_image_folder(folder, classes=classes)
-    data = ImageSet(decoded.images, decoded.labels, classes, "EuroSAT RGB")  # no machine path in printouts
+    found = tuple(sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    check_classes(EUROSAT_CLASSES, found, str(folder), reference="EuroSAT's ten land-use classes")
+    EuroSAT(str(root))  # torchvision reads the offline copy too (the documented entry point)
+    decoded = load_image_folder(folder, classes=EUROSAT_CLASSES)
+    data = ImageSet(decoded.images, decoded.labels, EUROSAT_CLASSES, "EuroSAT RGB")  # no machine path in printouts
     return resize_images(data, size) if size != data.images.shape[-1] else data
 
 
@@ -119,7 +123,7 @@ def _read_gray(path: Path) -> Tensor:
 
     try:
         with Image.open(path) as image:
-            pixels = np.array(image.convert("L"), dtype=np.float32)
+            pixels = np.array(to_8bit(image).convert("L"), dtype=np.float32)  # 16-bit masks scaled
     except Exception as error:
         raise OSError(f"could not decode {path} ({type(error).__name__}: {error}): replace the file "
                       "(unpack the data set again) or delete it together with its partner") from error

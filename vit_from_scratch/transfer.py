@@ -148,6 +148,10 @@ def _check_maps(maps: Tensor, fractions: Tensor) -> None:
     if maps.shape != fractions.shape:
         raise ValueError(f"maps {tuple(maps.shape)} must lie on the masks' patch grid {tuple(fractions.shape)} "
                          "(B, h, w): lay token maps out with attention_maps.to_grid")
+    if not torch.isfinite(maps).all():
+        bad = torch.nonzero(~torch.isfinite(maps).flatten(1).all(1)).flatten().tolist()  # which maps
+        raise ValueError(f"maps must be finite, but map(s) {bad} hold NaN or infinite values: a NaN map has no "
+                         "answer to score; check how the maps were computed (e.g. a division by zero)")
     if (maps < 0).any():
         raise ValueError("maps must be non-negative (attention weights are)")
 
@@ -157,7 +161,9 @@ def pointing_game(maps: Tensor, masks: Tensor) -> Localisation:
     between maxima count as the share of them that hit.
 
     Chance: the share of patches that touch the mask (a patch drawn at random hits that often), i.e. the
-    mask's area once enlarged to whole patches. Images with an empty mask get NaN.
+    mask's area once enlarged to whole patches. Images with an empty mask get NaN. An all-zero map points
+    nowhere in particular: all its patches tie, so it scores exactly chance (as a uniform map does, and as
+    in :func:`mass_inside`). NaN or infinite maps are refused.
 
     Shape:
         maps (B, h, w), masks (B, [1,] H, W) -> score (B,), chance (B,)
@@ -177,6 +183,8 @@ def mass_inside(maps: Tensor, masks: Tensor) -> Localisation:
     mask covers: ``sum(map * fraction) / sum(map)``.
 
     Chance: a uniform map's share, which is the mask's area fraction. Images with an empty mask get NaN.
+    An all-zero map has no mass to share out and is read as a uniform one, so it scores exactly chance (as
+    in :func:`pointing_game`). NaN or infinite maps are refused.
 
     Shape:
         maps (B, h, w), masks (B, [1,] H, W) -> score (B,), chance (B,)
@@ -184,7 +192,9 @@ def mass_inside(maps: Tensor, masks: Tensor) -> Localisation:
     fractions = patch_fractions(masks, tuple(maps.shape[-2:]))  # (B, h, w)
     _check_maps(maps, fractions)
     flat_maps, flat_fractions = maps.flatten(1).double(), fractions.flatten(1).double()  # (B, N)
-    score = (flat_maps * flat_fractions).sum(1) / flat_maps.sum(1).clamp(min=1e-12)
+    blank = flat_maps.sum(1, keepdim=True) == 0  # (B, 1): all-zero maps, read as uniform
+    flat_maps = torch.where(blank, torch.ones_like(flat_maps), flat_maps)
+    score = (flat_maps * flat_fractions).sum(1) / flat_maps.sum(1)
     chance = flat_fractions.mean(1)
     empty = chance == 0
     return Localisation(score.masked_fill(empty, float("nan")), chance.masked_fill(empty, float("nan")))
