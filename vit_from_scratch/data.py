@@ -198,15 +198,14 @@ def _read_cache(cache_file: Path, classes: tuple[str, ...], count: int) -> tuple
 
 
 def _content_key(split_dir: Path, files: list[tuple[Path, int]]) -> str:
-    """The decoded-data cache's key: a hash of every file's name and bytes. Not mtime plus size: a file replaced
-    by one of the same size keeps its old time under ``cp -p``, ``rsync -t`` or ``tar``, and two writes in one
-    tick of the file system's coarse clock share a time, so only the bytes tell. The cost: one read of every
-    file per load, without decoding."""
+    """The decoded-data cache's key: a hash of every file's name, size, mtime and ctime (nanoseconds). The
+    ctime is what makes it safe: ``cp -p``, ``rsync -t``, ``tar`` or ``os.utime`` can give a replaced file its
+    old mtime, but any write or rename sets the ctime to now, and no user call can set it back. Only
+    ``stat`` is called: a load does not read every file twice."""
     key = hashlib.sha1()
     for path, _ in files:
-        data = path.read_bytes()
-        key.update(f"{path.relative_to(split_dir)}:{len(data)}\n".encode())
-        key.update(data)
+        st = path.stat()
+        key.update(f"{path.relative_to(split_dir)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}\n".encode())
     return key.hexdigest()[:12]
 
 
