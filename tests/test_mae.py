@@ -214,3 +214,18 @@ def test_pretraining_refuses_to_overwrite_a_run_and_checks_what_it_resumes(tmp_p
     assert pretrain(_mae(), data, config, out_dir=tmp_path, resume=True, log=None).history[-1]["step"] == 2
     pretrain(_mae(mask_ratio=0.5), data, config, out_dir=tmp_path, overwrite=True, log=None)
     assert (tmp_path / "mae_last.pt").read_bytes() != before
+
+
+def test_pretraining_stopped_by_max_steps_inside_an_epoch_resumes_bit_for_bit(tmp_path):
+    """Issue 28.2 for MAE pretraining: a max_steps stop inside an epoch resumes inside that epoch."""
+    config = TrainConfig(model=TINY, epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.5)  # 4 steps an epoch
+    data = _toy_images(64)
+    straight = _mae()
+    expected = pretrain(straight, data, config, log=None).history
+    pretrain(_mae(), data, TrainConfig(**{**config.to_dict(), "max_steps": 6}), out_dir=tmp_path, log=None)
+    resumed = _mae()
+    history = pretrain(resumed, data, config, out_dir=tmp_path, resume=True, log=None).history
+    assert [r["step"] for r in history] == [r["step"] for r in expected] == [4, 8]
+    assert [r["loss"] for r in history] == [r["loss"] for r in expected]
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), f"{name} differs after resuming"

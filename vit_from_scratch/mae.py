@@ -276,12 +276,16 @@ class PretrainResult(NamedTuple):
 
 
 def _pretrain_epoch(mae: MaskedAutoencoder, loader, optimizer, scheduler, generator: torch.Generator,
-                    config: TrainConfig, step: int) -> tuple[float, int, int]:
-    """One pass over the images (their labels unused); returns the mean loss, the step count and the
-    number of images seen."""
+                    config: TrainConfig, step: int, done: dict | None = None) -> tuple[dict, int]:
+    """One pass over the images (their labels unused), or up to ``max_steps``; continues an epoch that such a
+    stop left, ``done`` (its batches are drawn again from the loader's state at the epoch's start, and
+    skipped). Returns the epoch's batches, summed loss, images and seconds so far, and the step count."""
     mae.train()
-    total, seen = 0.0, 0
-    for images, _ in loader:  # labels are never read: self-supervised
+    done = dict(done or {"batches": 0, "total": 0.0, "seen": 0, "seconds": 0.0})
+    t0, batches = time.perf_counter(), iter(loader)
+    for _ in range(done["batches"]):
+        next(batches)
+    for images, _ in batches:  # labels are never read: self-supervised
         loss = mae(images, generator=generator).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -290,12 +294,18 @@ def _pretrain_epoch(mae: MaskedAutoencoder, loader, optimizer, scheduler, genera
         optimizer.step()
         scheduler.step()
         step += 1
-        total, seen = total + loss.item() * images.shape[0], seen + images.shape[0]
-        if not math.isfinite(total):
+        done["batches"], done["total"] = done["batches"] + 1, done["total"] + loss.item() * images.shape[0]
+        done["seen"] += images.shape[0]
+        if not math.isfinite(done["total"]):
             raise FloatingPointError(f"the MAE loss became {loss.item()} at step {step}; try a lower lr")
-        if config.max_steps is not None and step >= config.max_steps:
+        if _steps_done(config, step):
             break
-    return total / max(seen, 1), step, seen
+    done["seconds"] += time.perf_counter() - t0
+    return done, step
+
+
+def _steps_done(config: TrainConfig, step: int) -> bool:
+    return config.max_steps is not None and step >= config.max_steps
 
 
 def _settings(mae: MaskedAutoencoder) -> dict:
@@ -338,7 +348,7 @@ def pretrain(mae: MaskedAutoencoder, train_set: ImageSet, config: TrainConfig, *
                          padding=config.padding, flip=config.flip, seed=config.seed)
     optimizer, scheduler = build_optimizer(mae, config, len(loader))
     generator = torch.Generator(device).manual_seed(config.seed + 1)  # the masks' own stream
-    history, step, path = [], 0, out / MAE_FILES[0] if out is not None else None
+    history, step, partial, path = [], 0, None, out / MAE_FILES[0] if out is not None else None
     if path is not None:
         check_room(out, checkpoint_bytes(mae), replaces=path)
     if resume:
@@ -357,22 +367,24 @@ def pretrain(mae: MaskedAutoencoder, train_set: ImageSet, config: TrainConfig, *
         scheduler.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loader"])
         generator.set_state(state["mask_generator"].cpu())
-        history, step = state["history"], state["step"]
-    for epoch in range(len(history), config.epochs):
-        t0 = time.perf_counter()
-        loss, step, seen = _pretrain_epoch(mae, loader, optimizer, scheduler, generator, config, step)
-        seconds = time.perf_counter() - t0
-        history.append({"epoch": epoch + 1, "step": step, "loss": loss, "epoch_time_s": seconds,
-                        "images_per_s": seen / seconds})
+        partial = state.get("partial")  # an epoch that max_steps stopped: continued, its record replaced
+        history, step = [r for r in state["history"] if not r.get("partial")], state["step"]
+    while len(history) < config.epochs and not _steps_done(config, step):
+        epoch, start = len(history) + 1, loader.state_dict()
+        done, step = _pretrain_epoch(mae, loader, optimizer, scheduler, generator, config, step, partial)
+        partial = None if done["batches"] == len(loader) else done
+        loss, seconds = done["total"] / max(done["seen"], 1), done["seconds"]
+        history.append({"epoch": epoch, "step": step, "loss": loss, "epoch_time_s": seconds,
+                        "images_per_s": done["seen"] / seconds, **({"partial": True} if partial else {})})
         if path is not None:
             save_checkpoint(path, model=mae.state_dict(), optimizer=optimizer.state_dict(),
-                            scheduler=scheduler.state_dict(), loader=loader.state_dict(),
+                            scheduler=scheduler.state_dict(), loader=start if partial else loader.state_dict(),
                             mask_generator=generator.get_state(), history=history, step=step,
-                            config=config.to_dict(), settings=_settings(mae), mean=mean, std=std)
+                            config=config.to_dict(), settings=_settings(mae), mean=mean, std=std,
+                            **({"partial": partial} if partial else {}))
         if log:
-            log(f"pretraining epoch {epoch + 1}/{config.epochs} | loss {loss:.4f} | {seconds:.0f} s")
+            stopped = f" | stopped at step {step} by max_steps; resume=True continues this epoch" if partial else ""
+            log(f"pretraining epoch {epoch}/{config.epochs} | loss {loss:.4f} | {seconds:.0f} s{stopped}")
         if on_epoch is not None:
-            on_epoch(epoch + 1, mae)
-        if config.max_steps is not None and step >= config.max_steps:
-            break
+            on_epoch(epoch, mae)
     return PretrainResult(history, mean, std)
