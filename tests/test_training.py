@@ -440,8 +440,17 @@ def test_the_room_check_counts_the_old_and_the_new_checkpoint(tmp_path, monkeypa
 
     size = checkpoints.checkpoint_bytes(VisionTransformer(_config().vit_config()))
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda p: usage(10**12, 0, int(1.5 * size)))
+    free = [int(1.5 * size)]
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda p: usage(10**12, 0, free[0]))
     epochs = []
     with pytest.raises(OSError, match="no space left for checkpoints") as info:
         _quiet(_config(), out_dir=tmp_path / "run", log=epochs.append)
     assert "two" in str(info.value) and epochs == []
+    free[0] = 2 * size
+    _quiet(_config(), out_dir=tmp_path / "run", stop_after_epochs=1)
+    held = (tmp_path / "run" / "last.pt").stat().st_size  # a resume replaces a file that already holds its room
+    free[0] = 2 * size - held - 1
+    with pytest.raises(OSError, match="no space left for checkpoints"):
+        _quiet(_config(), out_dir=tmp_path / "run", resume=True)
+    free[0] = 2 * size - held
+    assert len(_quiet(_config(), out_dir=tmp_path / "run", resume=True).history) == 2
