@@ -97,3 +97,41 @@ def test_export_with_no_steps(tmp_path, data_dir, capsys):
     assert cli.main(_args(data_dir, out, "--resume", "--max-steps", "0", *export)) == 1
     assert "--overwrite-export" in _errors(capsys)
     assert cli.main(_args(data_dir, out, "--resume", "--max-steps", "0", *export, "--overwrite-export")) == 0
+
+
+def test_a_checkpoint_of_two_processes_is_refused_by_the_one_process_command(tmp_path, data_dir, capsys):
+    """Issue 28.11: as 2 -> 1 processes under torchrun is refused, so is the one-process command's resume.
+    The checkpoint is given the ``ranks`` list that rank 0 of a 2-process run writes (test_distributed)."""
+    from vit_from_scratch.checkpoints import load_checkpoint, save_checkpoint
+
+    out = tmp_path / "run"
+    assert cli.main(_args(data_dir, out, "--epochs", "2", "--max-steps", "6")) == 0  # one epoch of two
+    state = load_checkpoint(out / "last.pt")
+    save_checkpoint(out / "last.pt", **state, ranks=[{"rng": state["rng"]}, {"rng": state["rng"]}])
+    before = (out / "last.pt").read_bytes()
+    assert cli.main(_args(data_dir, out, "--epochs", "2", "--resume")) == 1
+    err = _errors(capsys)
+    assert "written by 2 processes" in err and "torchrun --nproc_per_node=2" in err, err
+    assert (out / "last.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("case", ["long name", "unwritable folder"])
+def test_export_problems_are_found_before_training(tmp_path, data_dir, capsys, monkeypatch, case):
+    """Issue 28.15: an export that would fail after training is refused before the first step."""
+    from pathlib import Path
+
+    out, weights = tmp_path / "run", tmp_path / "weights"
+    name = "x" * 300 if case == "long name" else "tiny"
+    if case == "unwritable folder":  # a read-only folder, as root (which may write anywhere) cannot make one
+        write_bytes = Path.write_bytes
+
+        def refuse(self, data):
+            if self.parent == weights:
+                raise PermissionError(13, "Permission denied")
+            return write_bytes(self, data)
+
+        monkeypatch.setattr(Path, "write_bytes", refuse)
+    assert cli.main(_args(data_dir, out, "--export", name, "--export-dir", str(weights))) == 1
+    err = _errors(capsys)
+    assert err.startswith("error:") and ("100 characters" if case == "long name" else "--export-dir") in err, err
+    assert not (out / "last.pt").exists(), "nothing may train before the export is known to work"

@@ -188,3 +188,44 @@ def test_a_given_masking_is_used_as_it_is():
     m = random_masking(2, 16, 0.5, generator=torch.Generator().manual_seed(9))
     a, b = mae(images, masking=m), mae(images, masking=m, mask_ratio=0.0)
     assert a.masking is m and torch.equal(a.pred, b.pred)
+
+
+def test_pretraining_refuses_to_overwrite_a_run_and_checks_what_it_resumes(tmp_path):
+    """Issue 28.1: a finished run is kept unless resumed or overwritten explicitly; a resume must match the
+    run's config, decoder settings and data; resuming from nothing is an error, not a fresh start."""
+    config = TrainConfig(model=TINY, epochs=1, batch_size=16, lr=3e-3, warmup_epochs=0.5, padding=0, flip=False)
+    data = _toy_images(32)
+    pretrain(_mae(), data, config, out_dir=tmp_path, log=None)
+    before = (tmp_path / "mae_last.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        pretrain(_mae(), data, config, out_dir=tmp_path, log=None)
+    with pytest.raises(ValueError, match="another configuration") as info:
+        pretrain(_mae(), data, TrainConfig(**{**config.to_dict(), "lr": 1e-3}), out_dir=tmp_path, resume=True,
+                 log=None)
+    assert "lr: checkpoint 0.003, now 0.001" in str(info.value)
+    with pytest.raises(ValueError, match="mask_ratio: checkpoint 0.75, now 0.5"):
+        pretrain(_mae(mask_ratio=0.5), data, config, out_dir=tmp_path, resume=True, log=None)
+    darker = ImageSet(data.images // 2, data.labels, data.classes)
+    with pytest.raises(ValueError, match="other training data"):
+        pretrain(_mae(), darker, config, out_dir=tmp_path, resume=True, log=None)
+    assert (tmp_path / "mae_last.pt").read_bytes() == before
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        pretrain(_mae(), data, config, out_dir=tmp_path / "empty", resume=True, log=None)
+    assert pretrain(_mae(), data, config, out_dir=tmp_path, resume=True, log=None).history[-1]["step"] == 2
+    pretrain(_mae(mask_ratio=0.5), data, config, out_dir=tmp_path, overwrite=True, log=None)
+    assert (tmp_path / "mae_last.pt").read_bytes() != before
+
+
+def test_pretraining_stopped_by_max_steps_inside_an_epoch_resumes_bit_for_bit(tmp_path):
+    """Issue 28.2 for MAE pretraining: a max_steps stop inside an epoch resumes inside that epoch."""
+    config = TrainConfig(model=TINY, epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.5)  # 4 steps an epoch
+    data = _toy_images(64)
+    straight = _mae()
+    expected = pretrain(straight, data, config, log=None).history
+    pretrain(_mae(), data, TrainConfig(**{**config.to_dict(), "max_steps": 6}), out_dir=tmp_path, log=None)
+    resumed = _mae()
+    history = pretrain(resumed, data, config, out_dir=tmp_path, resume=True, log=None).history
+    assert [r["step"] for r in history] == [r["step"] for r in expected] == [4, 8]
+    assert [r["loss"] for r in history] == [r["loss"] for r in expected]
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), f"{name} differs after resuming"

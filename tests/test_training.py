@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -394,3 +395,62 @@ def test_resume_with_a_per_image_policy_in_worker_processes_is_exact(tmp_path):
     for k, v in straight.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), f"{k} differs after resume"
     assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
+
+
+# --------------------------------------------------------------------------- fault tolerance (issue 28)
+
+
+@pytest.mark.parametrize("stop", [3, 8])  # inside the first epoch and inside the second (6 steps each)
+def test_max_steps_then_resume_gives_the_uninterrupted_run_bit_for_bit(tmp_path, stop):
+    """Issue 28.2: a run stopped by max_steps inside an epoch resumes inside that epoch, not at the next."""
+    config = _config(mixup=0.8, cutmix=1.0, model={**TINY_MODEL, "drop_path": 0.1})
+    straight = _quiet(config, out_dir=tmp_path / "a")
+    stopped = _quiet(replace(config, max_steps=stop), out_dir=tmp_path / "b")
+    assert stopped.history[-1]["step"] == stop and stopped.history[-1]["partial"]
+    torch.manual_seed(12345)  # whatever happens between the two calls must not matter
+    resumed = _quiet(config, out_dir=tmp_path / "b", resume=True)
+    assert [r["step"] for r in resumed.history] == [r["step"] for r in straight.history] == [6, 12]
+    assert resumed.history[-1]["lr"] == straight.history[-1]["lr"] == pytest.approx(config.min_lr)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), f"{k} differs after resume"
+    assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
+    saved = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert saved["step"] == 12 and "partial" not in saved and [r["epoch"] for r in saved["history"]] == [1, 2]
+
+
+def test_resume_refuses_other_training_data(tmp_path):
+    """Issue 28.4: another --data-dir would change the normalisation (and the data) in the middle of a run."""
+    config = _config()
+    _quiet(config, out_dir=tmp_path, stop_after_epochs=1)
+    before = (tmp_path / "last.pt").read_bytes()
+    other = ImageSet(TRAIN.images // 2, TRAIN.labels, TRAIN.classes, "darker")
+    with pytest.raises(ValueError, match="other training data") as info:
+        _quiet(config, out_dir=tmp_path, resume=True, train_set=other)
+    assert "mean" in str(info.value) and "--data-dir" in str(info.value)
+    assert (tmp_path / "last.pt").read_bytes() == before
+    copy = ImageSet(TRAIN.images.clone(), TRAIN.labels.clone(), TRAIN.classes, "a copy elsewhere")
+    assert [r["epoch"] for r in _quiet(config, out_dir=tmp_path, resume=True, train_set=copy).history] == [1, 2]
+
+
+def test_the_room_check_counts_the_old_and_the_new_checkpoint(tmp_path, monkeypatch):
+    """Issue 28.14: the atomic replace holds the old checkpoint and the new one at once."""
+    from collections import namedtuple
+
+    from vit_from_scratch import checkpoints
+
+    size = checkpoints.checkpoint_bytes(VisionTransformer(_config().vit_config()))
+    usage = namedtuple("usage", "total used free")
+    free = [int(1.5 * size)]
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda p: usage(10**12, 0, free[0]))
+    epochs = []
+    with pytest.raises(OSError, match="no space left for checkpoints") as info:
+        _quiet(_config(), out_dir=tmp_path / "run", log=epochs.append)
+    assert "two" in str(info.value) and epochs == []
+    free[0] = 2 * size
+    _quiet(_config(), out_dir=tmp_path / "run", stop_after_epochs=1)
+    held = (tmp_path / "run" / "last.pt").stat().st_size  # a resume replaces a file that already holds its room
+    free[0] = 2 * size - held - 1
+    with pytest.raises(OSError, match="no space left for checkpoints"):
+        _quiet(_config(), out_dir=tmp_path / "run", resume=True)
+    free[0] = 2 * size - held
+    assert len(_quiet(_config(), out_dir=tmp_path / "run", resume=True).history) == 2

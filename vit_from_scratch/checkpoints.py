@@ -92,12 +92,13 @@ def remove_stale_temporaries(folder: str | os.PathLike, names: tuple[str, ...]) 
     return stale
 
 
-def check_writable(folder: str | os.PathLike) -> Path:
+def check_writable(folder: str | os.PathLike, what: str = "output folder (--out)") -> Path:
     """Create ``folder`` if needed and write and remove a probe file in it, so that a folder that cannot
-    hold checkpoints is found before training starts, not after an epoch."""
+    hold checkpoints (or exported weights: ``what`` names the option) is found before training starts,
+    not after an epoch."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"{folder} is a file, not a folder; choose another output folder (--out)")
+        raise NotADirectoryError(f"{folder} is a file, not a folder; choose another {what}")
     probe = folder / f".write-probe-{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -105,18 +106,21 @@ def check_writable(folder: str | os.PathLike) -> Path:
         probe.unlink()
     except OSError as error:
         reason = "no space left on the device" if error.errno == errno.ENOSPC else error.strerror or str(error)
-        raise OSError(error.errno, f"cannot write into {folder} ({reason}); choose another output "
-                                   "folder (--out) or fix its permissions") from error
+        raise OSError(error.errno, f"cannot write into {folder} ({reason}); choose another {what} or fix "
+                                   "its permissions") from error
     return folder
 
 
-def check_room(folder: str | os.PathLike, nbytes: int) -> None:
-    """Refuse to start when ``folder``'s disk has less than ``nbytes`` free (one checkpoint's size)."""
+def check_room(folder: str | os.PathLike, nbytes: int, replaces: str | os.PathLike | None = None) -> None:
+    """Refuse to start when ``folder``'s disk cannot hold two checkpoints of about ``nbytes``: replacing one
+    atomically writes the new file beside the old. The file it ``replaces``, if there, already holds its room."""
+    held = min(Path(replaces).stat().st_size, nbytes) if replaces is not None and Path(replaces).exists() else 0
     free = shutil.disk_usage(folder).free
-    if free < nbytes:
+    if free < 2 * nbytes - held:
         raise OSError(errno.ENOSPC, f"no space left for checkpoints in {folder}: {free / 2**20:.1f} MiB free, "
-                                    f"a checkpoint needs about {nbytes / 2**20:.1f} MiB; free some space or "
-                                    "choose another output folder (--out)")
+                                    f"a checkpoint needs about {nbytes / 2**20:.1f} MiB and its atomic replace "
+                                    f"two at once ({(2 * nbytes - held) / 2**20:.1f} MiB more); free some space "
+                                    "or choose another output folder (--out)")
 
 
 # --------------------------------------------------------------------------- random-number states as plain data
@@ -192,14 +196,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
 
 
 def check_export_name(name: str, directory: str | os.PathLike = WEIGHTS_DIR, *, overwrite: bool = False) -> None:
-    """An export name is a plain file name (no folders); existing weights are replaced only on request."""
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name or ""):
-        raise ValueError(f"the weights' name must be a plain name such as 'cifar10_vit' (letters, digits, _ . -; "
-                         f"no folders), got {name!r}")
+    """An export name is a plain, short file name (no folders) and ``directory`` is a folder this process can
+    write; existing weights are replaced only on request. Checked before training, so that an export that
+    would fail is found before the run, not after it."""
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", name or ""):
+        short = f" ({len(name)} characters)" if len(name or "") > 100 else ""
+        raise ValueError(f"the weights' name must be a plain name of at most 100 characters such as 'cifar10_vit' "
+                         f"(letters, digits, _ . -; no folders), got {name!r}{short}")
     existing = [p for p in (Path(directory) / f"{name}.pt", Path(directory) / f"{name}.json") if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} exists; refusing to replace it; pass overwrite=True "
                               "(--overwrite-export) to replace it, or choose another name")
+    check_writable(directory, "export folder (--export-dir)")
 
 
 def export_weights(checkpoint: Any, name: str, *, note: str, extra: dict | None = None,

@@ -123,8 +123,9 @@ def _train(args: argparse.Namespace, argv: list[str], parallel: SingleProcess) -
     if not main:
         return 0
     if last:
-        print(f"done: test accuracy {last['test_accuracy']:.4f} after {last['epoch']} epochs; "
-              f"checkpoint {result.checkpoint}")
+        when = (f"{last['step']} steps (stopped inside epoch {last['epoch']} by --max-steps; --resume continues it)"
+                if last.get("partial") else f"{last['epoch']} epochs")
+        print(f"done: test accuracy {last['test_accuracy']:.4f} after {when}; checkpoint {result.checkpoint}")
     if args.export:
         if not result.checkpoint.exists():
             print(f"error: nothing to export: no checkpoint was written to {args.out} (no epoch was trained); "

@@ -154,14 +154,6 @@ class Distributed(SingleProcess):
         dist.all_gather_object(states, state)
         return states
 
-    def own(self, checkpoint: dict) -> dict:
-        ranks = checkpoint.get("ranks")
-        if ranks is None or len(ranks) != self.world_size:
-            found = "one process" if ranks is None else f"{len(ranks)} processes"
-            raise ValueError(f"this checkpoint was written by {found}; resume it with the same number of processes "
-                             f"(now {self.world_size}) for an exact continuation")
-        return ranks[self.rank]
-
 
 def _local_device() -> torch.device:
     if torch.cuda.is_available():

@@ -19,13 +19,12 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import check_room, checkpoint_bytes, load_checkpoint, save_checkpoint
 from .config import ViTConfig
 from .data import ImageSet, channel_stats
 from .encoder import Encoder
@@ -33,7 +32,10 @@ from .loaders import make_loader
 from .model import VisionTransformer
 from .patches import patchify, unpatchify
 from .positions import sincos_pos_embed_2d, truncated_normal_
-from .recipe import TrainConfig, build_optimizer
+from .recipe import TrainConfig, build_optimizer, config_differences
+from .training import data_differences, prepare_out_dir
+
+MAE_FILES = ("mae_last.pt",)  # what pretraining writes into its output folder
 
 __all__ = ["Masking", "random_masking", "gather_tokens", "patch_targets", "mae_loss", "MAEOutput",
            "MaskedAutoencoder", "vit_from_mae", "reconstruction_images", "pretrain", "PretrainResult"]
@@ -274,12 +276,16 @@ class PretrainResult(NamedTuple):
 
 
 def _pretrain_epoch(mae: MaskedAutoencoder, loader, optimizer, scheduler, generator: torch.Generator,
-                    config: TrainConfig, step: int) -> tuple[float, int, int]:
-    """One pass over the images (their labels unused); returns the mean loss, the step count and the
-    number of images seen."""
+                    config: TrainConfig, step: int, done: dict | None = None) -> tuple[dict, int]:
+    """One pass over the images (their labels unused), or up to ``max_steps``; continues an epoch that such a
+    stop left, ``done`` (its batches are drawn again from the loader's state at the epoch's start, and
+    skipped). Returns the epoch's batches, summed loss, images and seconds so far, and the step count."""
     mae.train()
-    total, seen = 0.0, 0
-    for images, _ in loader:  # labels are never read: self-supervised
+    done = dict(done or {"batches": 0, "total": 0.0, "seen": 0, "seconds": 0.0})
+    t0, batches = time.perf_counter(), iter(loader)
+    for _ in range(done["batches"]):
+        next(batches)
+    for images, _ in batches:  # labels are never read: self-supervised
         loss = mae(images, generator=generator).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -288,26 +294,53 @@ def _pretrain_epoch(mae: MaskedAutoencoder, loader, optimizer, scheduler, genera
         optimizer.step()
         scheduler.step()
         step += 1
-        total, seen = total + loss.item() * images.shape[0], seen + images.shape[0]
-        if not math.isfinite(total):
+        done["batches"], done["total"] = done["batches"] + 1, done["total"] + loss.item() * images.shape[0]
+        done["seen"] += images.shape[0]
+        if not math.isfinite(done["total"]):
             raise FloatingPointError(f"the MAE loss became {loss.item()} at step {step}; try a lower lr")
-        if config.max_steps is not None and step >= config.max_steps:
+        if _steps_done(config, step):
             break
-    return total / max(seen, 1), step, seen
+    done["seconds"] += time.perf_counter() - t0
+    return done, step
+
+
+def _steps_done(config: TrainConfig, step: int) -> bool:
+    return config.max_steps is not None and step >= config.max_steps
+
+
+def _settings(mae: MaskedAutoencoder) -> dict:
+    """What a checkpoint must share with the model that resumes it: the decoder, masking and encoder."""
+    return {**mae.settings, "encoder": mae.encoder.config.to_dict()}
+
+
+def _resume_differences(state: dict, mae: MaskedAutoencoder, config: TrainConfig) -> list[str]:
+    """How a pretraining checkpoint's config and settings differ from this run's, one line each."""
+    def flat(settings: dict) -> dict:
+        encoder = {f"encoder.{k}": v for k, v in settings.get("encoder", {}).items()}
+        return {**{k: v for k, v in settings.items() if k != "encoder"}, **encoder}
+
+    saved, now = flat(state.get("settings", {})), flat(_settings(mae))
+    return config_differences(state["config"], config) + [  # an older checkpoint lacks the encoder's settings
+        f"{k}: checkpoint {saved[k]!r}, now {now.get(k)!r}" for k in sorted(saved) if saved[k] != now.get(k)]
 
 
 def pretrain(mae: MaskedAutoencoder, train_set: ImageSet, config: TrainConfig, *,
              device: torch.device | str = "cpu", out_dir: str | os.PathLike | None = None, resume: bool = False,
-             on_epoch: Callable[[int, MaskedAutoencoder], Any] | None = None,
+             overwrite: bool = False, on_epoch: Callable[[int, MaskedAutoencoder], Any] | None = None,
              log: Callable[[str], Any] | None = print) -> PretrainResult:
     """Pretrain ``mae`` on ``train_set``'s images without their labels, with ``config``'s recipe.
 
     AdamW and warmup + cosine from :func:`~vit_from_scratch.recipe.build_optimizer` (``epochs``,
     ``batch_size``, ``lr``, ``min_lr``, ``warmup_epochs``, ``weight_decay``, ``betas``, ``grad_clip``,
     ``padding``, ``flip``, ``seed``, ``max_steps`` are read). With ``out_dir``, ``mae_last.pt`` is written
-    atomically after every epoch and ``resume=True`` continues from it exactly (masks included).
+    atomically after every epoch and ``resume=True`` continues from it exactly (masks included); as with
+    :func:`~vit_from_scratch.training.fit`, a folder that holds a run is refused unless ``resume`` or
+    ``overwrite``, and a resume whose config, settings or data differ from the checkpoint's is refused.
     ``on_epoch(epoch, mae)`` is called after each epoch (e.g. to draw reconstructions).
     """
+    if resume and out_dir is None:
+        raise ValueError("resume=True continues the pretraining in out_dir; give out_dir")
+    out = None if out_dir is None else prepare_out_dir(out_dir, resume=resume, overwrite=overwrite, files=MAE_FILES)
     device = torch.device(device)
     mae.to(device)
     mean, std = channel_stats(train_set.images)
@@ -315,30 +348,43 @@ def pretrain(mae: MaskedAutoencoder, train_set: ImageSet, config: TrainConfig, *
                          padding=config.padding, flip=config.flip, seed=config.seed)
     optimizer, scheduler = build_optimizer(mae, config, len(loader))
     generator = torch.Generator(device).manual_seed(config.seed + 1)  # the masks' own stream
-    history, step, path = [], 0, Path(out_dir) / "mae_last.pt" if out_dir is not None else None
-    if resume and path is not None and path.exists():
+    history, step, partial, path = [], 0, None, out / MAE_FILES[0] if out is not None else None
+    if path is not None:
+        check_room(out, checkpoint_bytes(mae), replaces=path)
+    if resume:
         state = load_checkpoint(path, map_location=device)
+        diffs = _resume_differences(state, mae, config)
+        if diffs:
+            raise ValueError(f"{path} was written by a pretraining with another configuration:\n  "
+                             + "\n  ".join(diffs) + "\nresume with the same config and model, or start fresh "
+                             "(overwrite=True, or another out_dir)")
+        diffs = data_differences(state, mean, std)  # the labels are never read: not their classes
+        if diffs:
+            raise ValueError(f"{path} was pretrained on other training data (its normalisation would change "
+                             "mid-run): " + "; ".join(diffs) + "; resume with the run's own images, or start fresh")
         mae.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loader"])
         generator.set_state(state["mask_generator"].cpu())
-        history, step = state["history"], state["step"]
-    for epoch in range(len(history), config.epochs):
-        t0 = time.perf_counter()
-        loss, step, seen = _pretrain_epoch(mae, loader, optimizer, scheduler, generator, config, step)
-        seconds = time.perf_counter() - t0
-        history.append({"epoch": epoch + 1, "step": step, "loss": loss, "epoch_time_s": seconds,
-                        "images_per_s": seen / seconds})
+        partial = state.get("partial")  # an epoch that max_steps stopped: continued, its record replaced
+        history, step = [r for r in state["history"] if not r.get("partial")], state["step"]
+    while len(history) < config.epochs and not _steps_done(config, step):
+        epoch, start = len(history) + 1, loader.state_dict()
+        done, step = _pretrain_epoch(mae, loader, optimizer, scheduler, generator, config, step, partial)
+        partial = None if done["batches"] == len(loader) else done
+        loss, seconds = done["total"] / max(done["seen"], 1), done["seconds"]
+        history.append({"epoch": epoch, "step": step, "loss": loss, "epoch_time_s": seconds,
+                        "images_per_s": done["seen"] / seconds, **({"partial": True} if partial else {})})
         if path is not None:
             save_checkpoint(path, model=mae.state_dict(), optimizer=optimizer.state_dict(),
-                            scheduler=scheduler.state_dict(), loader=loader.state_dict(),
+                            scheduler=scheduler.state_dict(), loader=start if partial else loader.state_dict(),
                             mask_generator=generator.get_state(), history=history, step=step,
-                            config=config.to_dict(), settings=mae.settings, mean=mean, std=std)
+                            config=config.to_dict(), settings=_settings(mae), mean=mean, std=std,
+                            **({"partial": partial} if partial else {}))
         if log:
-            log(f"pretraining epoch {epoch + 1}/{config.epochs} | loss {loss:.4f} | {seconds:.0f} s")
+            stopped = f" | stopped at step {step} by max_steps; resume=True continues this epoch" if partial else ""
+            log(f"pretraining epoch {epoch}/{config.epochs} | loss {loss:.4f} | {seconds:.0f} s{stopped}")
         if on_epoch is not None:
-            on_epoch(epoch + 1, mae)
-        if config.max_steps is not None and step >= config.max_steps:
-            break
+            on_epoch(epoch, mae)
     return PretrainResult(history, mean, std)

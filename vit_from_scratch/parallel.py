@@ -62,5 +62,14 @@ class SingleProcess:
         return None
 
     def own(self, checkpoint: dict) -> dict:
-        """This process's part of a checkpoint (its random state); in one process, the checkpoint itself."""
-        return checkpoint
+        """This process's part of a checkpoint (its random state); in one process, the checkpoint itself.
+        A checkpoint of another number of processes is refused: its random streams cannot continue exactly."""
+        ranks = checkpoint.get("ranks")
+        written = 1 if ranks is None else len(ranks)
+        if written != self.world_size:
+            how = ("python -m vit_from_scratch.cli" if written == 1 else
+                   f"torchrun --nproc_per_node={written} -m vit_from_scratch.distributed")
+            raise ValueError(f"this checkpoint was written by {written} process{'es' * (written > 1)}; resume it "
+                             f"with the same number (now {self.world_size}) for an exact continuation: {how} "
+                             "with the same options")
+        return checkpoint if ranks is None else ranks[self.rank]

@@ -5,12 +5,14 @@
 image size, its loaders, a fresh warmup + cosine), train one epoch, evaluate, save. Checkpoints
 (:mod:`.checkpoints`) are written atomically and hold everything needed to resume exactly, across
 progressive resizing's change of size too. Before the first step the output folder is checked:
-writable, room for a checkpoint, and no earlier run unless it is resumed or explicitly overwritten.
+writable, room for a checkpoint's atomic replace, and no earlier run unless it is resumed or explicitly
+overwritten. A run stopped by ``max_steps`` inside an epoch resumes inside that epoch.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -32,7 +34,7 @@ from .parallel import SingleProcess
 from .recipe import Phase, TrainConfig, autocast_dtype, build_optimizer, config_differences
 from .runtime import pick_device, seed_offset
 
-__all__ = ["evaluate", "fit", "FitResult", "NonFiniteLossError", "prepare_out_dir", "RUN_FILES"]
+__all__ = ["evaluate", "fit", "FitResult", "NonFiniteLossError", "prepare_out_dir", "data_differences", "RUN_FILES"]
 
 RUN_FILES = ("last.pt", "history.json")  # what a run writes into its output folder
 
@@ -80,17 +82,19 @@ class FitResult:
 # --------------------------------------------------------------------------- before training
 
 
-def prepare_out_dir(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool = False) -> Path:
+def prepare_out_dir(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool = False,
+                    files: tuple[str, ...] = RUN_FILES) -> Path:
     """Check that ``out_dir`` can take this run before any training: it is a writable folder (a probe file
     is written and removed), temporaries left by a crash are removed, and an earlier run in it is refused
-    unless ``resume`` continues it or ``overwrite`` replaces it (its files are then deleted)."""
+    unless ``resume`` continues it or ``overwrite`` replaces it (its files are then deleted). ``files``: what
+    the run writes, its checkpoint first (MAE pretraining writes ``mae_last.pt``)."""
     if resume and overwrite:
         raise ValueError("resume continues the run in the output folder, overwrite starts over: choose one")
     out = check_writable(out_dir)
-    remove_stale_temporaries(out, RUN_FILES)
-    held = [name for name in RUN_FILES if (out / name).exists()]
-    if resume and not (out / "last.pt").exists():
-        raise FileNotFoundError(f"no checkpoint at {out / 'last.pt'} to resume from; train first, or drop "
+    remove_stale_temporaries(out, files)
+    held = [name for name in files if (out / name).exists()]
+    if resume and not (out / files[0]).exists():
+        raise FileNotFoundError(f"no checkpoint at {out / files[0]} to resume from; train first, or drop "
                                 "--resume (resume=False)")
     if held and not resume:
         if not overwrite:
@@ -100,6 +104,21 @@ def prepare_out_dir(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool
         for name in held:
             (out / name).unlink()
     return out
+
+
+def data_differences(state: dict, mean: tuple[float, ...], std: tuple[float, ...],
+                     classes: tuple[str, ...] | list[str] | None = None) -> list[str]:
+    """How a checkpoint's training data (its normalisation, and ``classes`` if given) differ from the data now
+    given, one line each: a resume on other data would change what the model sees in the middle of the run."""
+    diffs = []
+    for key, now in (("mean", mean), ("std", std)):
+        saved = state.get(key)
+        if saved is not None and not (len(saved) == len(now) and all(
+                math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) for a, b in zip(saved, now))):
+            diffs.append(f"{key}: checkpoint {[round(v, 4) for v in saved]}, now {[round(v, 4) for v in now]}")
+    if classes is not None and state.get("classes") is not None and list(state["classes"]) != list(classes):
+        diffs.append(f"classes: checkpoint {list(state['classes'])}, now {list(classes)}")
+    return diffs
 
 
 def _training_data(config: TrainConfig, train_set: ImageSet | None,
@@ -148,6 +167,8 @@ class _Run:
     epoch: int = 0  # epochs finished
     step: int = 0  # optimiser steps taken
     history: list[dict] = field(default_factory=list)
+    partial: dict | None = None  # an epoch stopped by max_steps: its batches done and running sums, resumed
+    loader_start: dict | None = None  # the training loader's state when the current epoch began
     resized: dict[int, tuple[ImageSet, ImageSet]] = field(default_factory=dict)
     train_model: nn.Module | None = None  # the model, or its DDP / torch.compile wrapper
     train_loader: Any = None
@@ -217,6 +238,12 @@ def _start(config: TrainConfig, train_set: ImageSet, test_set: ImageSet, device:
     if diffs:
         raise ValueError(f"{run.checkpoint} was written by a run with another configuration:\n  " + "\n  ".join(diffs)
                          + "\nresume with the same options, or start fresh in another --out")
+    diffs = data_differences(state, mean, std, train_set.classes)
+    if diffs:
+        raise ValueError(f"{run.checkpoint} was trained on other training data (its normalisation would change "
+                         "mid-run): " + "; ".join(diffs) + "; resume with the run's own data (--data-dir), or "
+                         "start fresh in another --out")
+    own = parallel.own(state)  # this process's random state; refused if another number of processes wrote it
     # A checkpoint is saved after the move to the next phase, so it belongs to the phase of its next epoch.
     _enter_phase(run, next(i for i, ph in enumerate(phases) if min(state["epoch"], config.epochs - 1) < ph.end_epoch))
     parallel.load_state_dicts(run.model, run.optimizer, state["model"], state["optimizer"])
@@ -224,9 +251,11 @@ def _start(config: TrainConfig, train_set: ImageSet, test_set: ImageSet, device:
     run.scaler.load_state_dict(state["scaler"])
     if run.average is not None:
         run.average.load_state_dict(state["average"])
-    run.train_loader.load_state_dict(state["loader"])
-    set_rng_state(parallel.own(state)["rng"])
-    run.epoch, run.step, run.history = state["epoch"], state["step"], state["history"]
+    run.train_loader.load_state_dict(state["loader"])  # at the start of an epoch stopped by max_steps, if one was
+    set_rng_state(own["rng"])
+    run.partial = own.get("partial")
+    run.epoch, run.step = state["epoch"], state["step"]
+    run.history = [r for r in state["history"] if not r.get("partial")]  # a stopped epoch is recorded when it ends
     return run
 
 
@@ -277,50 +306,67 @@ def _steps_done(run: _Run) -> bool:
 
 
 def _train_one_epoch(run: _Run, loss_fn, progress: bool) -> dict:
-    """One pass over the training loader (or up to ``max_steps``); the epoch's training numbers."""
+    """One pass over the training loader (or up to ``max_steps``); the epoch's training numbers, ``finished``
+    False when ``max_steps`` stopped it. An epoch stopped so before is continued where it stopped: its batches
+    are drawn again (and skipped) from the loader's state at the epoch's start, its running sums restored."""
     run.model.train()
-    loss_sum = torch.zeros((), device=run.device)
-    correct = torch.zeros((), device=run.device)
-    seen, t0, steps = 0, time.perf_counter(), len(run.train_loader)
-    bar = _progress(run.train_loader, steps, f"epoch {run.epoch + 1}/{run.config.epochs}", progress)
-    for i, (images, labels) in enumerate(bar):
+    done = run.partial or {"batches": 0, "loss_sum": 0.0, "correct": 0.0, "seen": 0, "seconds": 0.0}
+    run.loader_start = run.train_loader.state_dict()
+    loss_sum = torch.tensor(done["loss_sum"], device=run.device)  # float32, summed on as an unstopped epoch is
+    correct = torch.tensor(done["correct"], device=run.device)
+    seen, t0, steps, batch = done["seen"], time.perf_counter(), len(run.train_loader), done["batches"]
+    batches = iter(run.train_loader)
+    with torch.random.fork_rng(devices=[]):  # a per-image policy draws from the global stream: not twice
+        for _ in range(batch):
+            next(batches)
+    bar = _progress(batches, steps, f"epoch {run.epoch + 1}/{run.config.epochs}", progress, initial=batch)
+    for images, labels in bar:
         images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
         loss, logits = _train_step(run, images, labels, loss_fn)
         loss_sum += loss.detach() * labels.numel()
         correct += (logits.argmax(1) == labels).sum()
         seen += labels.numel()
-        if progress and (i % 50 == 0 or i == steps - 1):
+        batch += 1
+        if progress and (batch % 50 == 1 or batch == steps):
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
                             img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         if _steps_done(run):
             break
-    seconds = time.perf_counter() - t0
+    seconds = done["seconds"] + time.perf_counter() - t0
+    finished = batch == steps
+    run.partial = None if finished else {"batches": batch, "loss_sum": loss_sum.item(), "correct": correct.item(),
+                                         "seen": seen, "seconds": seconds}  # this process's, saved per process
     loss_sum, correct, seen = run.parallel.sum([loss_sum.item(), correct.item(), seen])  # every process's
     return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-            "images_per_s": seen / seconds, "epoch_time_s": seconds}
+            "images_per_s": seen / seconds, "epoch_time_s": seconds, "finished": finished}
 
 
-def _progress(iterable, total: int, desc: str, enabled: bool):
+def _progress(iterable, total: int, desc: str, enabled: bool, initial: int = 0):
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
 
     # refresh about once a second: each refresh of a notebook's widget is a message the front end must process
-    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, initial=initial)
 
 
 def _record(run: _Run, train: dict, test: dict, eval_time: float, log) -> None:
-    run.epoch += 1
-    record = {"epoch": run.epoch, "step": run.step, "image_size": run.phases[run.index].image_size,
+    """Append the epoch's numbers to the history; an epoch stopped by ``max_steps`` is not counted as finished,
+    and its record (marked ``partial``) is replaced by the whole epoch's when a resume finishes it."""
+    finished = train.pop("finished")
+    run.epoch += finished
+    record = {"epoch": run.epoch + (not finished), "step": run.step, "image_size": run.phases[run.index].image_size,
               "train_loss": train["train_loss"], "train_accuracy": train["train_accuracy"],
               "test_loss": test["loss"], "test_accuracy": test["accuracy"], "lr": run.scheduler.get_last_lr()[0],
-              "images_per_s": train["images_per_s"], "epoch_time_s": train["epoch_time_s"], "eval_time_s": eval_time}
+              "images_per_s": train["images_per_s"], "epoch_time_s": train["epoch_time_s"], "eval_time_s": eval_time,
+              **({} if finished else {"partial": True})}
     run.history.append(record)
     if log:
-        log(f"epoch {run.epoch:3d}/{run.config.epochs} | train loss {record['train_loss']:.3f} "
+        log(f"epoch {record['epoch']:3d}/{run.config.epochs} | train loss {record['train_loss']:.3f} "
             f"acc {record['train_accuracy']:.3f} | test loss {record['test_loss']:.3f} "
             f"acc {record['test_accuracy']:.3f} | lr {record['lr']:.2e} | {record['images_per_s']:.0f} img/s "
-            f"| {record['epoch_time_s']:.0f} s")
+            f"| {record['epoch_time_s']:.0f} s"
+            + ("" if finished else f" | stopped at step {run.step} by max_steps; --resume continues this epoch"))
 
 
 def _evaluated(run: _Run) -> nn.Module:
@@ -331,12 +377,14 @@ def _save(run: _Run, out: Path) -> None:
     """``last.pt`` (everything to resume exactly; tensors and plain data only) and ``history.json``; every
     process takes part (the state may be sharded), the main one writes."""
     model, optimizer = run.parallel.state_dicts(run.model, run.optimizer)
-    ranks = run.parallel.gather({"rng": rng_state()})
+    partial = {"partial": run.partial} if run.partial else {}  # with the loader's state at the epoch's start
+    ranks = run.parallel.gather({"rng": rng_state(), **partial})
     if not run.parallel.is_main:
         return
+    loader = run.loader_start if run.partial else run.train_loader.state_dict()
     save_checkpoint(out / "last.pt", model=model, optimizer=optimizer, **({"ranks": ranks} if ranks else {}),
-                    scheduler=run.scheduler.state_dict(), scaler=run.scaler.state_dict(),
-                    loader=run.train_loader.state_dict(), rng=rng_state(), epoch=run.epoch, step=run.step,
+                    scheduler=run.scheduler.state_dict(), scaler=run.scaler.state_dict(), **partial,
+                    loader=loader, rng=rng_state(), epoch=run.epoch, step=run.step,
                     history=run.history, config=run.config.to_dict(), mean=run.mean, std=run.std,
                     classes=list(run.train_set.classes),
                     **({"average": run.average.state_dict()} if run.average is not None else {}))
@@ -365,7 +413,8 @@ def fit(config: TrainConfig, *, train_set: ImageSet | None = None, test_set: Ima
         train_set, test_set: decoded data (default: CIFAR-10 from ``VIT_DATA_DIR``).
         out_dir: where ``last.pt`` (atomic, every epoch) and ``history.json`` go; ``None``: nowhere.
             A folder that already holds a run is refused unless ``resume`` or ``overwrite``.
-        resume: continue from ``out_dir/last.pt``; refused if that run's config differs.
+        resume: continue from ``out_dir/last.pt``, exactly (inside an epoch that ``max_steps`` stopped, too);
+            refused if that run's config, training data (normalisation, classes) or number of processes differs.
         overwrite: delete the run in ``out_dir`` and start over.
         stop_after_epochs: end this call after that many epochs (the schedule still spans
             ``config.epochs``); a later ``resume=True`` call continues exactly.
@@ -386,9 +435,10 @@ def fit(config: TrainConfig, *, train_set: ImageSet | None = None, test_set: Ima
     train_set, test_set = _training_data(config, train_set, test_set)
     run = _start(config, train_set, test_set, device, model, out, resume, parallel)
     if out is not None and main:
-        check_room(out, checkpoint_bytes(run.model))
+        check_room(out, checkpoint_bytes(run.model), replaces=run.checkpoint)
     if resume and log:
-        log(f"resumed from {run.checkpoint} after epoch {run.epoch}")
+        inside = f", inside epoch {run.epoch + 1} at step {run.step}" if run.partial else ""
+        log(f"resumed from {run.checkpoint} after epoch {run.epoch}{inside}")
     end = config.epochs if stop_after_epochs is None else min(config.epochs, run.epoch + stop_after_epochs)
     while run.epoch < end and not _steps_done(run):
         train = _train_one_epoch(run, loss_fn, progress)
