@@ -156,3 +156,16 @@ def test_the_package_and_its_book_extra_cover_every_module_a_chapter_imports():
             assert names, f"{path.name} imports {module}, which no installed distribution provides"
             assert names & declared, (f"{path.name} imports {module} (from {sorted(names)}), which neither "
                                       f"pyproject's dependencies nor its [book] extra declare")
+
+
+def test_the_footer_names_every_cpu_the_committed_outputs_ran_on():
+    footer = yaml.safe_load((ROOT / "_config.yml").read_text())["html"]["extra_footer"]
+    cpus = set()
+    for path in CHAPTERS:
+        for cell in json.loads(path.read_text())["cells"]:
+            for output in cell.get("outputs", []):
+                text = "".join(output.get("text", ""))
+                cpus |= set(re.findall(r"device: CPU \(([^,]+),", text))
+    names = {"AMD EPYC" if "EPYC" in cpu else "Intel Xeon" if "Xeon" in cpu else cpu for cpu in cpus}
+    missing = [name for name in sorted(names) if name not in footer]
+    assert not missing, f"chapters ran on {sorted(cpus)}; the footer in _config.yml does not name {missing}"

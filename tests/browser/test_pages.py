@@ -117,7 +117,7 @@ def test_buttons_point_at_the_configured_repository(pages, page):
         assert any(d.endswith(".ipynb") for d in facts["downloads"]), f"{page}: download {facts['downloads']}"
     assert REPO_URL in facts["links"], f"{page}: no repository button"
     assert any(link.startswith(f"{REPO_URL}/issues/new") for link in facts["links"]), f"{page}: no issues button"
-    assert "AMD EPYC" in facts["footer"], f"{page}: the footer must say what the outputs ran on"
+    assert "2-core x86_64 CPU" in facts["footer"], f"{page}: the footer must say what the outputs ran on"
 
 
 @pytest.mark.parametrize("page", PAGES)
