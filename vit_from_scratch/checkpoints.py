@@ -1,4 +1,4 @@
-"""Chapter 6: files that survive a crash — atomic writes, checkpoints and the shipped weights.
+"""Chapter 6: files that survive a crash — atomic writes, a run's folder, checkpoints and the shipped weights.
 
 A file is written to a temporary name beside its destination and renamed over it in one step, so a
 reader (or a resumed run) sees the old file or the new one, never half of one.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import pickle
 import random
@@ -32,7 +33,8 @@ from .runtime import pick_device
 __all__ = [
     "WEIGHTS_DIR", "CheckpointError", "atomic_write", "check_writable", "check_room", "remove_stale_temporaries",
     "checkpoint_bytes", "rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint", "check_export_name",
-    "export_weights", "load_trained_model", "runs_folder",
+    "export_weights", "load_trained_model", "runs_folder", "RUN_FILES", "prepare_out_dir", "data_differences",
+    "refuse_other_run",
 ]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -124,6 +126,64 @@ def check_room(folder: str | os.PathLike, nbytes: int, replaces: str | os.PathLi
 
 
 # --------------------------------------------------------------------------- random-number states as plain data
+
+
+# --------------------------------------------------------------------------- a run's folder
+
+RUN_FILES = ("last.pt", "history.json")  # what a training run writes into its output folder
+
+
+def prepare_out_dir(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool = False,
+                    files: tuple[str, ...] = RUN_FILES) -> Path:
+    """Check that ``out_dir`` can take this run before any training: it is a writable folder (a probe file
+    is written and removed), temporaries left by a crash are removed, and an earlier run in it is refused
+    unless ``resume`` continues it or ``overwrite`` replaces it (its files are then deleted). ``files``: what
+    the run writes, its checkpoint first (MAE pretraining writes ``mae_last.pt``)."""
+    if resume and overwrite:
+        raise ValueError("resume continues the run in the output folder, overwrite starts over: choose one")
+    out = check_writable(out_dir)
+    remove_stale_temporaries(out, files)
+    held = [name for name in files if (out / name).exists()]
+    if resume and not (out / files[0]).exists():
+        raise FileNotFoundError(f"no checkpoint at {out / files[0]} to resume from; train first, or drop "
+                                "--resume (resume=False)")
+    if held and not resume:
+        if not overwrite:
+            raise FileExistsError(f"{out} already holds a run ({', '.join(held)}); continue it with --resume "
+                                  "(resume=True), start over with --overwrite (overwrite=True), or choose "
+                                  "another output folder")
+        for name in held:
+            (out / name).unlink()
+    return out
+
+
+def data_differences(state: dict, mean: tuple[float, ...], std: tuple[float, ...],
+                     classes: tuple[str, ...] | list[str] | None = None) -> list[str]:
+    """How a checkpoint's training data (its normalisation, and ``classes`` if given) differ from the data now
+    given, one line each: a resume on other data would change what the model sees in the middle of the run."""
+    diffs = []
+    for key, now in (("mean", mean), ("std", std)):
+        saved = state.get(key)
+        if saved is not None and not (len(saved) == len(now) and all(
+                math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) for a, b in zip(saved, now))):
+            diffs.append(f"{key}: checkpoint {[round(v, 4) for v in saved]}, now {[round(v, 4) for v in now]}")
+    if classes is not None and state.get("classes") is not None and list(state["classes"]) != list(classes):
+        diffs.append(f"classes: checkpoint {list(state['classes'])}, now {list(classes)}")
+    return diffs
+
+
+def refuse_other_run(path: Path, config_diffs: list[str], data_diffs: list[str], *, data_option: str = "--data-dir",
+                     fresh: str = "--overwrite, or another --out") -> None:
+    """Refuse to resume ``path`` when the configuration or the training data differ from the checkpoint's, one
+    line per difference (``config_diffs`` from :func:`~vit_from_scratch.recipe.config_differences`,
+    ``data_diffs`` from :func:`data_differences`), saying what to do instead."""
+    if config_diffs:
+        raise ValueError(f"{path} was written by a run with another configuration:\n  " + "\n  ".join(config_diffs)
+                         + f"\nresume with the same options, or start fresh ({fresh})")
+    if data_diffs:
+        raise ValueError(f"{path} was trained on other training data (its normalisation would change mid-run): "
+                         + "; ".join(data_diffs) + f"; resume with the run's own data ({data_option}), or start "
+                         f"fresh ({fresh})")
 
 
 def checkpoint_bytes(model: torch.nn.Module) -> int:

@@ -26,7 +26,8 @@ from .checkpoints import WEIGHTS_DIR, check_export_name, export_weights
 from .parallel import SingleProcess
 from .recipe import PRESETS, TrainConfig, preset
 from .runtime import environment_report, pick_device
-from .training import fit, prepare_out_dir
+from .checkpoints import prepare_out_dir
+from .training import fit
 
 # What a run can meet that is the user's to fix (a folder, a file, an option, a device, a NaN):
 # one line each; --debug shows the traceback.

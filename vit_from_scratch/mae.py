@@ -24,7 +24,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .checkpoints import check_room, checkpoint_bytes, load_checkpoint, save_checkpoint
+from .checkpoints import (check_room, checkpoint_bytes, data_differences, load_checkpoint, prepare_out_dir,
+                          refuse_other_run, save_checkpoint)
 from .config import ViTConfig
 from .data import ImageSet, channel_stats
 from .encoder import Encoder
@@ -33,7 +34,6 @@ from .model import VisionTransformer
 from .patches import patchify, unpatchify
 from .positions import sincos_pos_embed_2d, truncated_normal_
 from .recipe import TrainConfig, build_optimizer, config_differences
-from .training import data_differences, prepare_out_dir
 
 MAE_FILES = ("mae_last.pt",)  # what pretraining writes into its output folder
 
@@ -353,15 +353,9 @@ def pretrain(mae: MaskedAutoencoder, train_set: ImageSet, config: TrainConfig, *
         check_room(out, checkpoint_bytes(mae), replaces=path)
     if resume:
         state = load_checkpoint(path, map_location=device)
-        diffs = _resume_differences(state, mae, config)
-        if diffs:
-            raise ValueError(f"{path} was written by a pretraining with another configuration:\n  "
-                             + "\n  ".join(diffs) + "\nresume with the same config and model, or start fresh "
-                             "(overwrite=True, or another out_dir)")
-        diffs = data_differences(state, mean, std)  # the labels are never read: not their classes
-        if diffs:
-            raise ValueError(f"{path} was pretrained on other training data (its normalisation would change "
-                             "mid-run): " + "; ".join(diffs) + "; resume with the run's own images, or start fresh")
+        # the labels are never read: not their classes
+        refuse_other_run(path, _resume_differences(state, mae, config), data_differences(state, mean, std),
+                         data_option="the run's own images", fresh="overwrite=True, or another out_dir")
         mae.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

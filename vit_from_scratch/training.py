@@ -12,7 +12,6 @@ overwritten. A run stopped by ``max_steps`` inside an epoch resumes inside that 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -25,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .averaging import WeightAverage
-from .checkpoints import (CheckpointError, atomic_write, check_room, check_writable, checkpoint_bytes,
-                          load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state)
+from .checkpoints import (CheckpointError, atomic_write, check_room, checkpoint_bytes, data_differences,
+                          load_checkpoint, prepare_out_dir, refuse_other_run, rng_state, save_checkpoint, set_rng_state)
 from .data import ImageSet, channel_stats, check_classes, load_cifar10, resize_images
 from .loaders import make_loader, mixup_cutmix
 from .model import VisionTransformer, to_resolution
@@ -34,9 +33,8 @@ from .parallel import SingleProcess
 from .recipe import Phase, TrainConfig, autocast_dtype, build_optimizer, config_differences
 from .runtime import pick_device, seed_offset
 
-__all__ = ["evaluate", "fit", "FitResult", "NonFiniteLossError", "prepare_out_dir", "data_differences", "RUN_FILES"]
+__all__ = ["evaluate", "fit", "FitResult", "NonFiniteLossError"]
 
-RUN_FILES = ("last.pt", "history.json")  # what a run writes into its output folder
 
 
 class NonFiniteLossError(RuntimeError):
@@ -80,45 +78,6 @@ class FitResult:
 
 
 # --------------------------------------------------------------------------- before training
-
-
-def prepare_out_dir(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool = False,
-                    files: tuple[str, ...] = RUN_FILES) -> Path:
-    """Check that ``out_dir`` can take this run before any training: it is a writable folder (a probe file
-    is written and removed), temporaries left by a crash are removed, and an earlier run in it is refused
-    unless ``resume`` continues it or ``overwrite`` replaces it (its files are then deleted). ``files``: what
-    the run writes, its checkpoint first (MAE pretraining writes ``mae_last.pt``)."""
-    if resume and overwrite:
-        raise ValueError("resume continues the run in the output folder, overwrite starts over: choose one")
-    out = check_writable(out_dir)
-    remove_stale_temporaries(out, files)
-    held = [name for name in files if (out / name).exists()]
-    if resume and not (out / files[0]).exists():
-        raise FileNotFoundError(f"no checkpoint at {out / files[0]} to resume from; train first, or drop "
-                                "--resume (resume=False)")
-    if held and not resume:
-        if not overwrite:
-            raise FileExistsError(f"{out} already holds a run ({', '.join(held)}); continue it with --resume "
-                                  "(resume=True), start over with --overwrite (overwrite=True), or choose "
-                                  "another output folder")
-        for name in held:
-            (out / name).unlink()
-    return out
-
-
-def data_differences(state: dict, mean: tuple[float, ...], std: tuple[float, ...],
-                     classes: tuple[str, ...] | list[str] | None = None) -> list[str]:
-    """How a checkpoint's training data (its normalisation, and ``classes`` if given) differ from the data now
-    given, one line each: a resume on other data would change what the model sees in the middle of the run."""
-    diffs = []
-    for key, now in (("mean", mean), ("std", std)):
-        saved = state.get(key)
-        if saved is not None and not (len(saved) == len(now) and all(
-                math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) for a, b in zip(saved, now))):
-            diffs.append(f"{key}: checkpoint {[round(v, 4) for v in saved]}, now {[round(v, 4) for v in now]}")
-    if classes is not None and state.get("classes") is not None and list(state["classes"]) != list(classes):
-        diffs.append(f"classes: checkpoint {list(state['classes'])}, now {list(classes)}")
-    return diffs
 
 
 def _training_data(config: TrainConfig, train_set: ImageSet | None,
@@ -234,15 +193,8 @@ def _start(config: TrainConfig, train_set: ImageSet, test_set: ImageSet, device:
         raise CheckpointError(f"{run.checkpoint} is not a training checkpoint (it lacks "
                               f"{sorted(needed - set(state))}); resume from another run's last.pt, or start over "
                               "with --overwrite")
-    diffs = config_differences(state["config"], config)
-    if diffs:
-        raise ValueError(f"{run.checkpoint} was written by a run with another configuration:\n  " + "\n  ".join(diffs)
-                         + "\nresume with the same options, or start fresh in another --out")
-    diffs = data_differences(state, mean, std, train_set.classes)
-    if diffs:
-        raise ValueError(f"{run.checkpoint} was trained on other training data (its normalisation would change "
-                         "mid-run): " + "; ".join(diffs) + "; resume with the run's own data (--data-dir), or "
-                         "start fresh in another --out")
+    refuse_other_run(run.checkpoint, config_differences(state["config"], config),
+                     data_differences(state, mean, std, train_set.classes))
     own = parallel.own(state)  # this process's random state; refused if another number of processes wrote it
     # A checkpoint is saved after the move to the next phase, so it belongs to the phase of its next epoch.
     _enter_phase(run, next(i for i, ph in enumerate(phases) if min(state["epoch"], config.epochs - 1) < ph.end_epoch))
