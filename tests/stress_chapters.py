@@ -18,8 +18,9 @@ It is not part of CI (it takes a few times CI's time). From the repository root:
     python tests/stress_chapters.py --chapters book/12_mae.ipynb --runs 1:0 2:3
 
 ``--runs`` takes ``THREADS:SEED`` pairs (default ``1:0 2:0 2:1 2:2``). The tables go to
-``OUT/stress.md`` and the raw results to ``OUT/stress.json``; a chapter's failure is printed with
-its cell and error, and the exit status is 1 when any run failed.
+``OUT/stress.md`` and the raw results to ``OUT/stress.json``; results already in ``OUT`` for other
+runs or chapters are kept, so a long stress run can be done in parts. A chapter's failure is
+printed with its cell and error, and the exit status is 1 when any run failed.
 """
 
 from __future__ import annotations
@@ -132,7 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"no such chapter: {', '.join(missing)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    results = []
+    saved = args.out / "stress.json"
+    earlier = json.loads(saved.read_text()) if saved.exists() else []
+    runs = list(dict.fromkeys([*((r["threads"], r["seed"]) for r in earlier), *args.runs]))
+    names = {c.name for c in args.chapters}
+    results = [r for r in earlier  # kept unless this invocation runs them again
+               if r["chapter"] not in names or (r["threads"], r["seed"]) not in args.runs]
     for threads, seed in args.runs:
         for chapter in args.chapters:
             log = (args.out / f"claims-{chapter.stem}-t{threads}-s{seed}.jsonl").resolve()
@@ -143,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             status = "pass" if result["ok"] else f"FAIL cell {result['cell']}: {result['error']}"
             print(f"{chapter.name} threads={threads} seed={seed}: {status} ({result['seconds']:.0f} s)",
                   flush=True)
-            (args.out / "stress.json").write_text(json.dumps(results, indent=1))
-            (args.out / "stress.md").write_text(tables(results, args.runs))
+            saved.write_text(json.dumps(results, indent=1))
+            (args.out / "stress.md").write_text(tables(results, runs))
     return 0 if all(r["ok"] for r in results) else 1
 
 
