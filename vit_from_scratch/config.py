@@ -11,7 +11,11 @@ M MLP width, K classes, L = T + N tokens.
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
@@ -19,7 +23,7 @@ from typing import Any, Literal
 from .encoder import block_num_params
 from .patches import check_patch_grid
 
-__all__ = ["ViTConfig", "NAMED_SIZES", "LEGACY_FIELDS", "vit_config"]
+__all__ = ["ViTConfig", "NAMED_SIZES", "LEGACY_FIELDS", "vit_config", "check_field_types"]
 
 # Renamed config fields: old name -> new name. ViTConfig.from_dict accepts the old names, so configs
 # saved before the rename (checkpoints, the shipped weights' JSON) still load.
@@ -68,6 +72,7 @@ class ViTConfig:
     fc_norm: bool | None = None  # final LayerNorm after pooling; None: only for pool == "mean" (as timm)
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' (class token) or 'mean' (average of the patch tokens), "
                              f"got {self.pool!r}")
@@ -188,6 +193,42 @@ class ViTConfig:
     def named(cls, name: str, **overrides: Any) -> ViTConfig:
         """A named size (see ``NAMED_SIZES``), e.g. ``ViTConfig.named("B/16", num_classes=10)``."""
         return vit_config(name, **overrides)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+# What an annotation asks of a value, and how an error says it.
+_TYPE_RULES = {int: ("a whole number", _is_int), float: ("a finite number", _is_number),
+               bool: ("True or False (JSON: true or false, without quotes)", lambda v: isinstance(v, bool)),
+               str: ("a string", lambda v: isinstance(v, str))}
+
+
+def check_field_types(config: Any) -> None:
+    """Refuse a dataclass field whose value does not have its annotated type: ``int``, ``float``, ``bool``
+    or ``str``, each optionally ``| None``. A JSON ``"32"`` or ``1.7`` is not a whole number, ``"false"`` is
+    not a bool (a non-empty string would be true), and a float must be finite (no NaN or infinity).
+    Other annotations (``Literal``, tuples, nested configs) are left to the class's own checks."""
+    hints = typing.get_type_hints(type(config))
+    for f in fields(config):
+        value, hint = getattr(config, f.name), hints[f.name]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint):
+            if value is None:
+                continue
+            rest = [a for a in typing.get_args(hint) if a is not type(None)]
+            hint = rest[0] if len(rest) == 1 else hint
+        if hint not in _TYPE_RULES:
+            continue
+        what, fits = _TYPE_RULES[hint]
+        if not fits(value):
+            raise TypeError(f"{f.name} must be {what}, got {value!r} ({type(value).__name__})")
+        if hint is float and not math.isfinite(value):
+            raise ValueError(f"{f.name} must be a finite number, got {value!r}")
 
 
 def _check_field_names(values: Mapping[str, Any], where: str) -> None:
