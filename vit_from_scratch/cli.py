@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def naming_the_option(error: BaseException) -> str:
+def _naming_the_option(error: BaseException) -> str:
     """A config error as the command line says it: ``grad_clip must be ...`` becomes ``--grad-clip must
     be ...`` and ``model: dim must be ...`` becomes ``--model: dim must be ...``."""
     text = str(error)
@@ -112,7 +112,7 @@ def _train(args: argparse.Namespace, argv: list[str], parallel: SingleProcess) -
         config = config_from_args(args)
         parallel.check(config)
     except (ValueError, TypeError) as error:
-        print(f"error: {naming_the_option(error)}", file=sys.stderr)
+        print(f"error: {_naming_the_option(error)}", file=sys.stderr)
         return 2
     device = parallel.device or pick_device(args.device)
     main = parallel.is_main

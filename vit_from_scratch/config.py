@@ -49,6 +49,11 @@ NAMED_SIZES: dict[str, dict[str, Any]] = {
 }
 
 
+# Beyond these a config is a typing mistake: no machine holds the model (torch would overflow or fail to allocate).
+_MAX_SIZE = 2**24  # any one size (pixels, width, depth, classes, heads, MLP ratio) and the tokens per image
+_MAX_PARAMS = 2**40  # about 1.1e12 parameters, 4.4 TB in float32
+
+
 @dataclass
 class ViTConfig:
     """Everything that defines a ViT's architecture; ``ViTConfig.named("B/16")`` gives a named size."""
@@ -79,15 +84,19 @@ class ViTConfig:
         if self.pos_embed_type not in ("learned", "sincos"):
             raise ValueError(f"pos_embed_type must be 'learned' or 'sincos', got {self.pos_embed_type!r}")
         for name in ("image_size", "patch_size", "in_channels", "num_classes", "dim", "depth", "num_heads"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+            if not 1 <= getattr(self, name) <= _MAX_SIZE:
+                raise ValueError(f"{name} must be a positive integer up to {_MAX_SIZE}, got {getattr(self, name)}")
+        if not 0 < self.mlp_ratio <= _MAX_SIZE:
+            raise ValueError(f"mlp_ratio must be positive and at most {_MAX_SIZE}, got {self.mlp_ratio}")
         check_patch_grid(self.image_size, self.patch_size)
         if self.dim % self.num_heads:
             raise ValueError(f"dim={self.dim} must be divisible by num_heads={self.num_heads} (each head gets "
                              f"dim / num_heads channels); divisors of {self.dim} up to 16: "
                              f"{[h for h in range(1, 17) if self.dim % h == 0]}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio}")
+        if self.num_params() > _MAX_PARAMS or self.num_tokens > _MAX_SIZE:
+            raise ValueError(f"this ViT would have {self.num_params():.3g} parameters and {self.num_tokens:.3g} tokens "
+                             f"per image, beyond any machine (at most {_MAX_PARAMS:.2g} and {_MAX_SIZE:.2g}); check "
+                             "image_size, patch_size, dim, depth, num_classes and mlp_ratio")
         for name in ("dropout", "attn_dropout", "drop_path"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1), got {getattr(self, name)}")
