@@ -255,3 +255,12 @@ def test_the_shipped_weights_carry_their_hashes_and_match_them(name):
     """Issue 28.6: the shipped JSON files hold both SHA-256s, and the shipped files pass the check."""
     _, info = load_trained_model(name, device="cpu")
     assert len(info["sha256"]) == 64 and len(info["fields_sha256"]) == 64
+
+
+def test_export_refuses_a_checkpoint_whose_classes_do_not_fit_its_head(exported, tmp_path):
+    """Issue 28.6: export checks what loading checks, so it never writes weights that cannot load."""
+    state = load_checkpoint(exported.parent / "run" / "last.pt")
+    state["classes"] = ["a", "b"]
+    with pytest.raises(CheckpointError, match="2 class names for a head of 3"):
+        export_weights(state, "bad", note="", directory=tmp_path)
+    assert not list(tmp_path.iterdir())

@@ -223,9 +223,10 @@ def _fields_sha256(info: dict) -> str:
     return hashlib.sha256(json.dumps(described, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _check_description(info: dict, config: ViTConfig, meta: Path, fix: str) -> None:
+def _check_description(info: dict, config: ViTConfig, meta: Path | str, fix: str) -> None:
     """Refuse class names and normalisation that cannot belong to a model of ``config``: as many distinct
-    names as the head has outputs, one finite mean in [0, 1] and one std in (0, 1] per input channel."""
+    names as the head has outputs, one finite mean in [0, 1] and one std in (0, 1] per input channel
+    (``meta`` names the file, or the checkpoint, in the error)."""
     classes, C = info.get("classes"), config.in_channels
     if not isinstance(classes, list) or len(classes) != config.num_classes:
         count = len(classes) if isinstance(classes, list) else 0
@@ -235,7 +236,7 @@ def _check_description(info: dict, config: ViTConfig, meta: Path, fix: str) -> N
     for key, low, low_ok in (("mean", 0.0, True), ("std", 0.0, False)):
         values = info.get(key)
         plausible = isinstance(values, list) and len(values) == C and all(
-            isinstance(v, (int, float)) and math.isfinite(v) and (v >= low if low_ok else v > low) and v <= 1
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v >= low if low_ok else v > low) and v <= 1
             for v in values)
         if not plausible:
             bounds = "in [0, 1]" if low_ok else "in (0, 1]"
@@ -265,8 +266,8 @@ def export_weights(checkpoint: Any, name: str, *, note: str, extra: dict | None 
             "std": list(state["std"]), "history": state["history"], "note": note,
             "dtype": "float16" if half else "float32", **(extra or {})}
     info = json.loads(json.dumps(info))  # as the JSON file will read back: the hash covers exactly that
-    _check_description(info, ViTConfig.from_dict(info["model"]), directory / f"{name}.json",
-                       "the checkpoint's classes, mean or std do not fit its model")
+    _check_description(info, ViTConfig.from_dict(info["model"]), "the checkpoint to export",
+                       "nothing was exported; export a checkpoint whose classes, mean and std fit its model")
     atomic_write(lambda tmp: torch.save(weights, tmp), directory / f"{name}.pt")
     info.update(sha256=file_sha256(directory / f"{name}.pt"), fields_sha256=_fields_sha256(info))
     atomic_write(lambda tmp: tmp.write_text(json.dumps(info, indent=1)), directory / f"{name}.json")
