@@ -175,3 +175,92 @@ def test_export_takes_a_plain_name_and_replaces_weights_only_when_asked(tmp_path
     assert load_trained_model("tiny", directory=tmp_path / "w", device="cpu")[1]["note"] == "first"
     export_weights(result, "tiny", note="second", directory=tmp_path / "w", overwrite=True)
     assert load_trained_model("tiny", directory=tmp_path / "w", device="cpu")[1]["note"] == "second"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny run's weights exported as ``tiny.pt`` and ``tiny.json``."""
+    root = tmp_path_factory.mktemp("exported")
+    export_weights(_fit(out_dir=root / "run"), "tiny", note="", directory=root / "w")
+    return root / "w"
+
+
+def _copy_of(exported, tmp_path):
+    import shutil
+
+    return shutil.copytree(exported, tmp_path / "w")
+
+
+def _edit_json(folder, **changes):
+    import json
+
+    meta = folder / "tiny.json"
+    info = json.loads(meta.read_text())
+    for key, value in changes.items():
+        if key in info["model"]:
+            info["model"][key] = value
+        elif value is None:
+            info.pop(key, None)
+        else:
+            info[key] = value
+    meta.write_text(json.dumps(info, indent=1))
+
+
+@pytest.mark.parametrize("change", ["64 zero bytes in the .pt", "num_heads", "norm_eps", "classes", "mean", "std"])
+def test_exported_weights_are_refused_when_the_file_or_its_description_changed(exported, tmp_path, change):
+    """Issue 28.6: the JSON holds the SHA-256 of the .pt and of its own model, classes, mean and std;
+    load_trained_model verifies both, so damage that still unpickles, or a JSON edited by hand, is refused."""
+    folder = _copy_of(exported, tmp_path)
+    if change == "64 zero bytes in the .pt":
+        weights = folder / "tiny.pt"
+        data = bytearray(weights.read_bytes())
+        middle = len(data) // 2
+        data[middle:middle + 64] = bytes(64)
+        weights.write_bytes(bytes(data))
+        torch.load(weights, weights_only=True)  # the damage does not stop the unpickler
+        expected, named = "SHA-256", weights
+    else:
+        edits = {"num_heads": 4, "norm_eps": 1e-5, "classes": ["a", "b", "x"], "mean": [0.5, 0.5, 0.5],
+                 "std": [0.2, 0.2, 0.2]}  # each fits the tensors' shapes: only the hash can tell
+        _edit_json(folder, **{change: edits[change]})
+        expected, named = "changed after the export", folder / "tiny.json"
+    with pytest.raises(CheckpointError, match=expected) as info:
+        load_trained_model("tiny", directory=folder, device="cpu")
+    assert str(named) in str(info.value) and "re-export" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("change, expected", [
+    (dict(classes=["a", "b"]), "2 class names for a head of 3"),
+    (dict(classes=["a", "a", "b"]), "distinct"),
+    (dict(mean=[0.5, 0.5]), "mean must be 3 numbers"),
+    (dict(std=[0.2, 0.0, 0.2]), "std must be 3 numbers"),
+    (dict(mean=[0.5, float("nan"), 0.5]), "mean must be 3 numbers"),
+    (dict(dim=64), "do not fit the model"),
+])
+def test_a_description_that_cannot_match_the_weights_is_refused_even_without_hashes(exported, tmp_path, change,
+                                                                                     expected):
+    """Issue 28.6: what can be checked without the hashes (weights exported before them) is checked: the
+    tensors' shapes against the config, the class names against the head, mean and std for plausibility."""
+    folder = _copy_of(exported, tmp_path)
+    _edit_json(folder, sha256=None, fields_sha256=None)
+    load_trained_model("tiny", directory=folder, device="cpu")  # an export without hashes still loads
+    _edit_json(folder, **change)
+    with pytest.raises(CheckpointError, match=expected) as info:
+        load_trained_model("tiny", directory=folder, device="cpu")
+    assert "re-export" in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("name", ["cifar10_vit", "cifar10_mae"])
+def test_the_shipped_weights_carry_their_hashes_and_match_them(name):
+    """Issue 28.6: the shipped JSON files hold both SHA-256s, and the shipped files pass the check."""
+    _, info = load_trained_model(name, device="cpu")
+    assert len(info["sha256"]) == 64 and len(info["fields_sha256"]) == 64
+
+
+def test_export_refuses_a_checkpoint_whose_classes_do_not_fit_its_head(exported, tmp_path):
+    """Issue 28.6: export checks what loading checks, so it never writes weights that cannot load."""
+    state = load_checkpoint(exported.parent / "run" / "last.pt")
+    state["classes"] = ["a", "b"]
+    with pytest.raises(CheckpointError, match="2 class names for a head of 3"):
+        export_weights(state, "bad", note="", directory=tmp_path)
+    assert not list(tmp_path.iterdir())

@@ -42,7 +42,7 @@ def test_errors_are_one_clear_line_without_a_traceback(tmp_path, data_dir, capsy
         "model field": (_args(data_dir, out, "--model", '{"depht": 2}'), 2, "unknown ViTConfig field"),
         "cuda": (_args(data_dir, out, "--device", "cuda"), 1, "CUDA is not available"),
         "batch": (_args(data_dir, out, "--batch-size", "500"), 1, "96 training images"),
-        "subset": (_args(data_dir, out, "--train-subset", "0"), 2, "train_subset must be a positive"),
+        "subset": (_args(data_dir, out, "--train-subset", "0"), 2, "--train-subset must be a positive"),
         "export name": (_args(data_dir, out, "--export", "../elsewhere"), 1, "plain name"),
     }[case]
     if case == "cuda" and torch.cuda.is_available():
@@ -51,6 +51,31 @@ def test_errors_are_one_clear_line_without_a_traceback(tmp_path, data_dir, capsy
     err = _errors(capsys)
     assert err.startswith("error:") and expected in err, err
     assert not (out / "last.pt").exists()
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--grad-clip", "nan", "--grad-clip must be a finite number"),
+    ("--grad-clip", "-1", "--grad-clip must be 0 or more"),
+    ("--mixup", "-1", "--mixup must be 0 or more"),
+    ("--mixup", "nan", "--mixup must be a finite number"),
+    ("--cutmix", "-1", "--cutmix must be 0 or more"),
+    ("--warmup-epochs", "-1", "--warmup-epochs must be 0 or more"),
+    ("--warmup-epochs", "inf", "--warmup-epochs must be a finite number"),
+    ("--padding", "1000", "--padding must be from 0 to 15"),
+    ("--epochs", "99999999999999999999", "--epochs must be from 1 to 1000000"),
+    ("--lr", "nan", "--lr must be a finite number"),
+    ("--model", '{"qkv_bias": "false"}', "--model: qkv_bias must be True or False"),
+    ("--model", '{"dim": "32"}', "--model: dim must be a whole number"),
+    ("--model", '{"depth": 1.7}', "--model: depth must be a whole number"),
+    ("--model", '{"mlp_ratio": Infinity}', "--model: mlp_ratio must be a finite number"),
+])
+def test_impossible_options_are_one_line_naming_the_option(tmp_path, data_dir, capsys, option, value, expected):
+    """Issue 28.7, 28.9, 28.13: no silent acceptance, no OverflowError, no torch-internal message."""
+    out = tmp_path / "run"
+    assert cli.main(_args(data_dir, out, option, value)) == 2
+    err = _errors(capsys)
+    assert err.startswith(f"error: {expected}") and err.count("\n") == 1, err
+    assert not out.exists()
 
 
 def test_debug_shows_the_traceback(tmp_path, data_dir):

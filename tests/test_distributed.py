@@ -144,3 +144,57 @@ def test_the_one_process_command_refuses_to_run_under_torchrun(monkeypatch, caps
     monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets in each of its processes
     assert cli.main(["--out", "unused"]) == 2
     assert "vit_from_scratch.distributed" in capsys.readouterr().err
+
+
+def _torchrun_env(monkeypatch, rank: int, world_size: int = 2, gpus: int = 0) -> list:
+    """Process ``rank`` of ``world_size`` as torchrun starts it, on a machine with ``gpus`` (simulated) GPUs;
+    the process group is simulated too. Returns the calls made (set_device, init_process_group)."""
+    import torch.distributed as dist
+
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("LOCAL_RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    calls, started = [], []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", torch.device(device))))
+    monkeypatch.setattr(dist, "is_initialized", lambda: bool(started))
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: (calls.append(("init", backend)),
+                                                                           started.append(True)))
+    monkeypatch.setattr(dist, "get_rank", lambda: rank)
+    monkeypatch.setattr(dist, "get_world_size", lambda: world_size)
+    return calls
+
+
+@pytest.mark.parametrize("requested", ["cuda", None])
+def test_device_cuda_under_torchrun_takes_the_gpu_of_the_local_rank(monkeypatch, requested):
+    """Issue 28.12: `--device cuda` on rank 1 of 2 is cuda:1 (not cuda:0 for every rank, nor an index-less
+    device that set_device refuses), with NCCL."""
+    from vit_from_scratch.distributed import Distributed
+
+    calls = _torchrun_env(monkeypatch, rank=1, gpus=2)
+    parallel = Distributed.start("ddp", requested)
+    assert parallel.device == torch.device("cuda", 1)
+    assert calls == [("set_device", torch.device("cuda", 1)), ("init", "nccl")]
+
+
+@pytest.mark.parametrize("device, gpus, expected", [
+    ("cuda", 0, "CUDA is not available"),
+    ("cuda", 1, "only 1 GPU"),  # rank 1 of 2 on a machine with one GPU
+    ("cuda:0", 2, "each process takes the GPU of its LOCAL_RANK"),
+    ("mps", 0, "use cuda (one GPU per process"),
+    ("gpu", 0, "use cuda (one GPU per process"),
+])
+def test_device_errors_under_torchrun_are_one_line(monkeypatch, capsys, tmp_path, device, gpus, expected):
+    """Issue 28.12: starting the process group runs inside the command line's error handling."""
+    from vit_from_scratch import distributed
+
+    calls = _torchrun_env(monkeypatch, rank=1, gpus=gpus)
+    args = ["--device", device, "--out", str(tmp_path / "run"), "--data-dir", str(tmp_path / "no data")]
+    assert distributed.main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: ") and expected in err, err
+    assert err.count("\n") == 2 and "--debug" in err  # the error, and where the traceback is
+    assert ("init", "nccl") not in calls and ("init", "gloo") not in calls  # refused before any waiting

@@ -47,6 +47,32 @@ def test_config_rejects_bad_values(kwargs, message):
         ViTConfig(**kwargs)
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("qkv_bias", "false", "qkv_bias must be True or False"),  # a non-empty string would be true
+    ("dim", "32", "dim must be a whole number"),
+    ("depth", 1.7, "depth must be a whole number"),
+    ("num_heads", True, "num_heads must be a whole number"),
+    ("mlp_ratio", float("inf"), "mlp_ratio must be a finite number"),
+    ("norm_eps", float("nan"), "norm_eps must be a finite number"),
+    ("dropout", "0.1", "dropout must be a finite number"),
+    ("class_token", 1, "class_token must be True or False"),
+    ("image_size", 99999999999999999999, "image_size must be a positive integer up to"),
+    ("mlp_ratio", 1e308, "mlp_ratio must be positive and at most"),
+])
+def test_config_type_checks_every_field(field, value, message):
+    """Issue 28.7, 28.13: a JSON string, a fraction or infinity in a field is refused, naming the field."""
+    with pytest.raises((TypeError, ValueError), match=message) as info:
+        ViTConfig.from_dict({**TINY, field: value})
+    assert repr(value) in str(info.value)
+
+
+@pytest.mark.parametrize("overrides", [dict(image_size=2**24), dict(dim=2**20, depth=2**20)])
+def test_config_refuses_a_model_no_machine_holds(overrides):
+    """Issue 28.13: torch would fail with an overflow or allocation message that names no field."""
+    with pytest.raises(ValueError, match="beyond any machine.*check image_size"):
+        ViTConfig(**{**TINY, **overrides})
+
+
 def test_config_round_trips_through_a_dict_and_rejects_unknown_fields():
     c = ViTConfig(**TINY, pool="mean", pos_embed_type="sincos")
     assert ViTConfig.from_dict(c.to_dict()) == c

@@ -152,6 +152,32 @@ def test_config_errors_and_presets():
     assert config.epochs == 3 and config.model.depth == 2 and config.model.dim == preset("cifar10-cpu").model.dim
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("grad_clip", float("nan"), "grad_clip must be a finite number"),
+    ("grad_clip", -1.0, "grad_clip must be 0 or more"),
+    ("mixup", -1.0, "mixup must be 0 or more"),
+    ("mixup", float("nan"), "mixup must be a finite number"),
+    ("cutmix", -1.0, "cutmix must be 0 or more"),
+    ("cutmix", float("nan"), "cutmix must be a finite number"),
+    ("warmup_epochs", -1.0, "warmup_epochs must be 0 or more"),
+    ("warmup_epochs", float("inf"), "warmup_epochs must be a finite number"),
+    ("padding", 1000, "padding must be from 0 to 15"),
+    ("padding", -1, "padding must be from 0 to 15"),
+    ("epochs", 99999999999999999999, "epochs must be from 1 to 1000000"),
+    ("lr", float("nan"), "lr must be a finite number"),
+    ("min_lr", float("nan"), "min_lr must be a finite number"),
+    ("weight_decay", -0.1, "weight_decay must be 0 or more"),
+    ("betas", (float("nan"), 0.9), "betas must be two numbers in"),
+    ("seed", 2**64, "seed must be from 0 to"),
+    ("epochs", "3", "epochs must be a whole number"),
+    ("flip", "no", "flip must be True or False"),
+])
+def test_impossible_numbers_are_refused_naming_the_field(field, value, message):
+    """Issue 28.9, 28.13: NaN, infinity, negative or absurd values, and values of the wrong type."""
+    with pytest.raises((TypeError, ValueError), match=message.replace("(", r"\(")):
+        _config(**{field: value})
+
+
 def test_export_and_load_trained_model_round_trip(tmp_path):
     result = fit(_config(epochs=1), train_set=TRAIN, test_set=TEST, out_dir=tmp_path / "run", device="cpu",
                  progress=False, log=None)

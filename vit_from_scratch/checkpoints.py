@@ -11,6 +11,7 @@ planted or downloaded ``last.pt`` is refused instead of executed.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import math
 import os
@@ -33,8 +34,8 @@ from .runtime import pick_device
 __all__ = [
     "WEIGHTS_DIR", "CheckpointError", "atomic_write", "check_writable", "check_room", "remove_stale_temporaries",
     "checkpoint_bytes", "rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint", "check_export_name",
-    "export_weights", "load_trained_model", "runs_folder", "RUN_FILES", "prepare_out_dir", "data_differences",
-    "refuse_other_run",
+    "export_weights", "file_sha256", "load_trained_model", "runs_folder", "RUN_FILES", "prepare_out_dir",
+    "data_differences", "refuse_other_run",
 ]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -270,11 +271,52 @@ def check_export_name(name: str, directory: str | os.PathLike = WEIGHTS_DIR, *, 
     check_writable(directory, "export folder (--export-dir)")
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, in hex (what ``sha256sum`` prints)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# What a weights JSON says about its tensors; "fields_sha256" covers these, "sha256" the .pt file.
+_DESCRIPTION = ("model", "classes", "mean", "std")
+
+
+def _fields_sha256(info: dict) -> str:
+    """The SHA-256 of the JSON's model config, class names, mean and std (compact JSON, sorted keys)."""
+    described = {k: info.get(k) for k in _DESCRIPTION}
+    return hashlib.sha256(json.dumps(described, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _check_description(info: dict, config: ViTConfig, meta: Path | str, fix: str) -> None:
+    """Refuse class names and normalisation that cannot belong to a model of ``config``: as many distinct
+    names as the head has outputs, one finite mean in [0, 1] and one std in (0, 1] per input channel
+    (``meta`` names the file, or the checkpoint, in the error)."""
+    classes, C = info.get("classes"), config.in_channels
+    if not isinstance(classes, list) or len(classes) != config.num_classes:
+        count = len(classes) if isinstance(classes, list) else 0
+        raise CheckpointError(f"{meta} lists {count} class names for a head of {config.num_classes} outputs; {fix}")
+    if not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes):
+        raise CheckpointError(f"{meta}'s class names must be distinct, non-empty strings, got {classes}; {fix}")
+    for key, low, low_ok in (("mean", 0.0, True), ("std", 0.0, False)):
+        values = info.get(key)
+        plausible = isinstance(values, list) and len(values) == C and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v >= low if low_ok else v > low) and v <= 1
+            for v in values)
+        if not plausible:
+            bounds = "in [0, 1]" if low_ok else "in (0, 1]"
+            raise CheckpointError(f"{meta}: {key} must be {C} numbers {bounds} (one per input channel, for "
+                                  f"images scaled to [0, 1]), got {values}; {fix}")
+
+
 def export_weights(checkpoint: Any, name: str, *, note: str, extra: dict | None = None,
                    directory: str | os.PathLike = WEIGHTS_DIR, half: bool = True, overwrite: bool = False) -> Path:
     """Write a weights-only file ``<name>.pt`` (float16 by default) and ``<name>.json`` (config, class names,
     normalisation, history, ``note``) for :func:`load_trained_model`. A run with ``ema`` exports the average
-    of its weights, the model it evaluated.
+    of its weights, the model it evaluated. The JSON holds the SHA-256 of the ``.pt`` file (``sha256``) and
+    of its own model, classes, mean and std (``fields_sha256``), which :func:`load_trained_model` verifies.
 
     Args:
         checkpoint: a checkpoint's path, a loaded checkpoint (dict), or a ``FitResult`` (its checkpoint).
@@ -286,11 +328,15 @@ def export_weights(checkpoint: Any, name: str, *, note: str, extra: dict | None 
     directory = Path(directory)
     weights = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
                for k, v in state.get("average", state)["model"].items()}  # an EMA run ships its average
-    atomic_write(lambda tmp: torch.save(weights, tmp), directory / f"{name}.pt")
     info = {"name": name, "model": ViTConfig.from_dict(state["config"]["model"]).to_dict(),
             "train_config": state["config"], "classes": list(state["classes"]), "mean": list(state["mean"]),
             "std": list(state["std"]), "history": state["history"], "note": note,
             "dtype": "float16" if half else "float32", **(extra or {})}
+    info = json.loads(json.dumps(info))  # as the JSON file will read back: the hash covers exactly that
+    _check_description(info, ViTConfig.from_dict(info["model"]), "the checkpoint to export",
+                       "nothing was exported; export a checkpoint whose classes, mean and std fit its model")
+    atomic_write(lambda tmp: torch.save(weights, tmp), directory / f"{name}.pt")
+    info.update(sha256=file_sha256(directory / f"{name}.pt"), fields_sha256=_fields_sha256(info))
     atomic_write(lambda tmp: tmp.write_text(json.dumps(info, indent=1)), directory / f"{name}.json")
     return directory / f"{name}.pt"
 
@@ -298,7 +344,15 @@ def export_weights(checkpoint: Any, name: str, *, note: str, extra: dict | None 
 def load_trained_model(name: str = "cifar10_vit", *, device: torch.device | str | None = None,
                        directory: str | os.PathLike = WEIGHTS_DIR) -> tuple[VisionTransformer, dict]:
     """The model the training chapter trained and the package ships, in eval mode, with its info
-    (config, classes, mean/std for normalisation, history, how it was made)."""
+    (config, classes, mean/std for normalisation, history, how it was made).
+
+    Checked before the weights are used: the ``.pt`` file's SHA-256 against the JSON's ``sha256`` (before
+    it is unpickled), and the JSON's model, classes, mean and std against its ``fields_sha256``. The
+    tensors' shapes are checked against the config, the number of class names against the head, and mean
+    and std for plausibility (one per channel, in [0, 1]); a different ``num_heads`` or ``norm_eps``, other
+    class names or other statistics of the right length fit every shape, so only the hashes catch those.
+    Weights exported before the hashes existed have none, and get the other checks only.
+    """
     directory = Path(directory)
     weights, meta = directory / f"{name}.pt", directory / f"{name}.json"
     if not weights.exists():
@@ -315,12 +369,21 @@ def load_trained_model(name: str = "cifar10_vit", *, device: torch.device | str 
         config = ViTConfig.from_dict(info["model"])
     except (ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"{meta} is corrupted or incomplete ({type(error).__name__}: {error}); {fix}") from error
+    if "sha256" in info and file_sha256(weights) != info["sha256"]:
+        raise CheckpointError(f"{weights} does not match the SHA-256 in {meta}: the file was damaged or replaced "
+                              f"after the export; {fix}")
+    if "fields_sha256" in info and _fields_sha256(info) != info["fields_sha256"]:
+        raise CheckpointError(f"the model, classes, mean or std in {meta} were changed after the export (their "
+                              f"SHA-256 differs from fields_sha256); {fix}")
     state = _safe_load(weights, "cpu", fix)
+    _check_description(info, config, meta, fix)
     model = VisionTransformer(config)
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except (AttributeError, RuntimeError) as error:
-        raise CheckpointError(f"the weights in {weights} do not fit the model described in {meta}; {fix}") from error
+        first = str(error).strip().splitlines()[:3] if isinstance(error, RuntimeError) else [str(error)]
+        raise CheckpointError(f"the weights in {weights} do not fit the model described in {meta} "
+                              f"({' '.join(line.strip() for line in first)}); {fix}") from error
     device = torch.device(device) if device is not None else pick_device()
     return model.to(device).eval(), info
 

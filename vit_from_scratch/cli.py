@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import types
 import typing
@@ -90,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _naming_the_option(error: BaseException) -> str:
+    """A config error as the command line says it: ``grad_clip must be ...`` becomes ``--grad-clip must
+    be ...`` and ``model: dim must be ...`` becomes ``--model: dim must be ...``."""
+    text = str(error)
+    name = re.match(r"\w*", text).group()
+    if name in {f.name for f in fields(TrainConfig)}:
+        return "--" + name.replace("_", "-") + text[len(name):]
+    return text
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
     return preset(args.preset, **overrides)
@@ -102,7 +113,7 @@ def _train(args: argparse.Namespace, argv: list[str], parallel: SingleProcess) -
         config = config_from_args(args)
         parallel.check(config)
     except (ValueError, TypeError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_naming_the_option(error)}", file=sys.stderr)
         return 2
     device = parallel.device or pick_device(args.device)
     main = parallel.is_main

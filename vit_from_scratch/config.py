@@ -11,7 +11,11 @@ M MLP width, K classes, L = T + N tokens.
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
@@ -19,7 +23,7 @@ from typing import Any, Literal
 from .encoder import block_num_params
 from .patches import check_patch_grid
 
-__all__ = ["ViTConfig", "NAMED_SIZES", "LEGACY_FIELDS", "vit_config"]
+__all__ = ["ViTConfig", "NAMED_SIZES", "LEGACY_FIELDS", "vit_config", "check_field_types"]
 
 # Renamed config fields: old name -> new name. ViTConfig.from_dict accepts the old names, so configs
 # saved before the rename (checkpoints, the shipped weights' JSON) still load.
@@ -45,6 +49,11 @@ NAMED_SIZES: dict[str, dict[str, Any]] = {
 }
 
 
+# Beyond these a config is a typing mistake: no machine holds the model (torch would overflow or fail to allocate).
+_MAX_SIZE = 2**24  # any one size (pixels, width, depth, classes, heads, MLP ratio) and the tokens per image
+_MAX_PARAMS = 2**40  # about 1.1e12 parameters, 4.4 TB in float32
+
+
 @dataclass
 class ViTConfig:
     """Everything that defines a ViT's architecture; ``ViTConfig.named("B/16")`` gives a named size."""
@@ -68,21 +77,26 @@ class ViTConfig:
     fc_norm: bool | None = None  # final LayerNorm after pooling; None: only for pool == "mean" (as timm)
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' (class token) or 'mean' (average of the patch tokens), "
                              f"got {self.pool!r}")
         if self.pos_embed_type not in ("learned", "sincos"):
             raise ValueError(f"pos_embed_type must be 'learned' or 'sincos', got {self.pos_embed_type!r}")
         for name in ("image_size", "patch_size", "in_channels", "num_classes", "dim", "depth", "num_heads"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+            if not 1 <= getattr(self, name) <= _MAX_SIZE:
+                raise ValueError(f"{name} must be a positive integer up to {_MAX_SIZE}, got {getattr(self, name)}")
+        if not 0 < self.mlp_ratio <= _MAX_SIZE:
+            raise ValueError(f"mlp_ratio must be positive and at most {_MAX_SIZE}, got {self.mlp_ratio}")
         check_patch_grid(self.image_size, self.patch_size)
         if self.dim % self.num_heads:
             raise ValueError(f"dim={self.dim} must be divisible by num_heads={self.num_heads} (each head gets "
                              f"dim / num_heads channels); divisors of {self.dim} up to 16: "
                              f"{[h for h in range(1, 17) if self.dim % h == 0]}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio}")
+        if self.num_params() > _MAX_PARAMS or self.num_tokens > _MAX_SIZE:
+            raise ValueError(f"this ViT would have {self.num_params():.3g} parameters and {self.num_tokens:.3g} tokens "
+                             f"per image, beyond any machine (at most {_MAX_PARAMS:.2g} and {_MAX_SIZE:.2g}); check "
+                             "image_size, patch_size, dim, depth, num_classes and mlp_ratio")
         for name in ("dropout", "attn_dropout", "drop_path"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1), got {getattr(self, name)}")
@@ -188,6 +202,42 @@ class ViTConfig:
     def named(cls, name: str, **overrides: Any) -> ViTConfig:
         """A named size (see ``NAMED_SIZES``), e.g. ``ViTConfig.named("B/16", num_classes=10)``."""
         return vit_config(name, **overrides)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+# What an annotation asks of a value, and how an error says it.
+_TYPE_RULES = {int: ("a whole number", _is_int), float: ("a finite number", _is_number),
+               bool: ("True or False (JSON: true or false, without quotes)", lambda v: isinstance(v, bool)),
+               str: ("a string", lambda v: isinstance(v, str))}
+
+
+def check_field_types(config: Any) -> None:
+    """Refuse a dataclass field whose value does not have its annotated type: ``int``, ``float``, ``bool``
+    or ``str``, each optionally ``| None``. A JSON ``"32"`` or ``1.7`` is not a whole number, ``"false"`` is
+    not a bool (a non-empty string would be true), and a float must be finite (no NaN or infinity).
+    Other annotations (``Literal``, tuples, nested configs) are left to the class's own checks."""
+    hints = typing.get_type_hints(type(config))
+    for f in fields(config):
+        value, hint = getattr(config, f.name), hints[f.name]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint):
+            if value is None:
+                continue
+            rest = [a for a in typing.get_args(hint) if a is not type(None)]
+            hint = rest[0] if len(rest) == 1 else hint
+        if hint not in _TYPE_RULES:
+            continue
+        what, fits = _TYPE_RULES[hint]
+        if not fits(value):
+            raise TypeError(f"{f.name} must be {what}, got {value!r} ({type(value).__name__})")
+        if hint is float and not math.isfinite(value):
+            raise ValueError(f"{f.name} must be a finite number, got {value!r}")
 
 
 def _check_field_names(values: Mapping[str, Any], where: str) -> None:

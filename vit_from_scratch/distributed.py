@@ -61,17 +61,18 @@ class Distributed(SingleProcess):
             raise RuntimeError("torch.distributed is not initialised: use Distributed.start() under torchrun "
                                "(or spawn() from Python)")
         self.strategy, self.rank, self.world_size = strategy, dist.get_rank(), dist.get_world_size()
-        self.device = torch.device(device) if device is not None else _local_device()
+        self.device = _local_device(device)
 
     @classmethod
     def start(cls, strategy: str = "ddp", device: torch.device | str | None = None) -> Distributed:
         """Initialise the process group from torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR,
-        MASTER_PORT, LOCAL_RANK): NCCL when the device is a GPU, gloo on the CPU."""
+        MASTER_PORT, LOCAL_RANK): NCCL when the device is a GPU, gloo on the CPU. ``device="cuda"`` (or the
+        default, on a machine with GPUs) is this process's own GPU, ``cuda:LOCAL_RANK``."""
         missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
         if missing:
             raise RuntimeError(f"{', '.join(missing)} not set: launch with torchrun --nproc_per_node=N (or "
                                "spawn() from Python); a plain run is `python -m vit_from_scratch.cli`")
-        device = torch.device(device) if device is not None else _local_device()
+        device = _local_device(device)
         if device.type == "cuda":
             torch.cuda.set_device(device)
         if not dist.is_initialized():
@@ -155,10 +156,34 @@ class Distributed(SingleProcess):
         return states
 
 
-def _local_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
+def _local_device(requested: torch.device | str | None = None) -> torch.device:
+    """This process's device: one GPU per process on a machine, ``cuda:LOCAL_RANK``, or the CPU. ``requested``
+    (``--device``): None (that GPU if there is one, else the CPU), "cpu", "cuda", or "cuda:LOCAL_RANK"."""
+    local_rank, world_size = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if requested is None:
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cuda", "cpu"):
+        raise ValueError(f"device {str(requested)!r} (--device) cannot be used under torchrun: use cuda (one GPU "
+                         "per process, NCCL) or cpu (gloo)")
+    if device.type == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"device {str(requested)!r} (--device) was requested but CUDA is not available here; "
+                           "use --device cpu")
+    if device.index is None:
+        device = torch.device("cuda", local_rank)
+    elif device.index != local_rank and world_size > 1:
+        raise ValueError(f"device {str(requested)!r} (--device) would put every process on GPU {device.index}; "
+                         "under torchrun each process takes the GPU of its LOCAL_RANK: use --device cuda")
+    if device.index >= torch.cuda.device_count():
+        raise RuntimeError(f"the process with LOCAL_RANK={local_rank} needs GPU {device.index}, but only "
+                           f"{torch.cuda.device_count()} GPU(s) are visible; start at most that many processes "
+                           "per machine (--nproc_per_node)")
+    return device
 
 
 # --------------------------------------------------------------------------- launching from Python
@@ -219,14 +244,20 @@ def fit_worker(config: dict, train_set: ImageSet, test_set: ImageSet, strategy: 
 
 def main(argv: list[str] | None = None) -> int:
     """``torchrun ... -m vit_from_scratch.distributed [the command line's options] [--fsdp]``."""
-    from .cli import build_parser, run_parsed
+    from .cli import EXPECTED_ERRORS, build_parser, run_parsed
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     parser.prog = "torchrun --nproc_per_node=N -m vit_from_scratch.distributed"
     parser.add_argument("--fsdp", action="store_true", help="shard the model with FSDP2 instead of DDP")
     args = parser.parse_args(argv)
-    parallel = Distributed.start("fsdp" if args.fsdp else "ddp", args.device)
+    try:  # a wrong --device or torchrun environment: one line, as the command line's own errors
+        parallel = Distributed.start("fsdp" if args.fsdp else "ddp", args.device)
+    except EXPECTED_ERRORS as error:
+        if args.debug:
+            raise
+        print(f"error: {error}\n(--debug shows the traceback)", file=sys.stderr)
+        return 1
     try:
         return run_parsed(args, argv, parallel)
     finally:

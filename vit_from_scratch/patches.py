@@ -27,7 +27,8 @@ def check_patch_grid(image_size: int | tuple[int, int], patch_size: int | tuple[
     if ph <= 0 or pw <= 0:
         raise ValueError(f"patch size must be positive, got {(ph, pw)}")
     if H % ph or W % pw:
-        divisors = [p for p in range(1, min(H, W) + 1) if H % p == 0 and W % p == 0]
+        # (patch sizes up to 1024 px: the list stays short, and quick to make for an absurd image size)
+        divisors = [p for p in range(1, min(H, W, 1024) + 1) if H % p == 0 and W % p == 0]
         raise ValueError(
             f"patch size {(ph, pw)} does not divide the image size {(H, W)}: "
             f"{_patch_counts(H, W, ph, pw)}. "

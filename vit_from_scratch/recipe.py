@@ -5,6 +5,7 @@ the named presets, AdamW's parameter groups, warmup + cosine, and the autocast c
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -12,13 +13,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ViTConfig
+from .config import ViTConfig, check_field_types
 from .loaders import AUGMENT_ON
 
 __all__ = ["TrainConfig", "Phase", "PRESETS", "preset", "param_groups", "warmup_cosine", "build_optimizer",
            "MuonAdamW", "muon_parameters", "autocast_dtype", "config_differences"]
 
 OPTIMIZERS = ("adamw", "muon")
+MAX_EPOCHS = 1_000_000  # more is a typing mistake, not a run (a million passes even over 16 images take hours)
+# Fields that must be finite and 0 or more, and what 0 means.
+_NON_NEGATIVE = {"warmup_epochs": "0: no warmup", "full_res_warmup_epochs": "0: no warmup",
+                 "weight_decay": "0: none", "grad_clip": "0: off", "mixup": "0: off", "cutmix": "0: off"}
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
@@ -73,13 +78,30 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.model, Mapping):
-            self.model = ViTConfig.from_dict(self.model)  # the one place a model dict becomes a ViTConfig
+            try:
+                self.model = ViTConfig.from_dict(self.model)  # the one place a model dict becomes a ViTConfig
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"model: {error}") from error  # says which of the two configs is wrong
         elif not isinstance(self.model, ViTConfig):
             raise TypeError(f"model must be a ViTConfig or a dict of its fields, got {type(self.model).__name__}")
         self.betas = tuple(self.betas)
+        check_field_types(self)  # whole numbers, finite floats, real bools: NaN and "false" stop here
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.epochs > MAX_EPOCHS:
+            raise ValueError(f"epochs must be from 1 to {MAX_EPOCHS}, got {self.epochs}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be from 0 to {2**32 - 1}, got {self.seed}")
+        if not 0 <= self.padding < self.model.image_size:
+            raise ValueError(f"padding must be from 0 to {self.model.image_size - 1} pixels (less than the image "
+                             f"size, so that a crop keeps part of the image; 0: no crop), got {self.padding}")
+        for name, zero in _NON_NEGATIVE.items():
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be 0 or more ({zero}), got {value}")
+        if len(self.betas) != 2 or not all(isinstance(b, numbers.Real) and not isinstance(b, bool) and 0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), e.g. (0.9, 0.999), got {self.betas}")
         for name in ("train_subset", "test_subset"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -97,10 +119,12 @@ class TrainConfig:
             raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {self.augment_on!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
-        if self.full_res_lr is not None and not 0 <= self.min_lr <= self.full_res_lr:
-            raise ValueError(f"need min_lr <= full_res_lr, got full_res_lr={self.full_res_lr}, min_lr={self.min_lr}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be above 0, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"min_lr must be from 0 to lr ({self.lr}), got {self.min_lr}")
+        if self.full_res_lr is not None and not self.min_lr <= self.full_res_lr:
+            raise ValueError(f"full_res_lr must be at least min_lr ({self.min_lr}), got {self.full_res_lr}")
         self._check_low_res()
 
     def _check_low_res(self) -> None:
