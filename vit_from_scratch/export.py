@@ -22,6 +22,7 @@ import contextlib
 import inspect
 import logging
 import os
+import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,13 +34,17 @@ from torch import Tensor, nn
 
 from .efficiency import interleaved_benchmark
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "PARTS", "onnx_export_available", "export_program", "export_onnx",
+__all__ = ["ExportError", "INPUT_NAME", "OUTPUT_NAME", "PARTS", "onnx_export_available", "export_program", "export_onnx",
            "onnx_session", "onnx_logits", "graph_parts", "quantize_dynamic_int8", "quantize_static_int8",
            "convert_float16", "LatencyRatio", "interleaved_latency"]
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"  # the ONNX graph's input and output
 # the parts of a ViT's ONNX graph that :func:`graph_parts` finds, in the order of a block
 PARTS = ("linear layers", "attention products", "softmax", "LayerNorm", "GELU", "residual additions")
+
+
+class ExportError(RuntimeError):
+    """A model that ``torch.export`` cannot trace, with the line that stops it and how to fix it."""
 
 
 def onnx_export_available() -> bool:
@@ -68,7 +73,26 @@ def export_program(model: nn.Module, example: Tensor, *, dynamic_batch: bool = T
                          f"{example.shape[0]}: torch.export specialises a size of 1 to a constant")
     name = next(iter(inspect.signature(model.forward).parameters))  # the forward's first argument
     shapes = {name: {0: torch.export.Dim("batch")}} if dynamic_batch else None
-    return torch.export.export(model, (example,), dynamic_shapes=shapes)
+    quiet = [logging.getLogger(n) for n in ("torch.fx.experimental.symbolic_shapes", "torch.export",
+                                            "torch._export", "torch._dynamo", "torch.fx")]
+    levels = [log.level for log in quiet]
+    try:
+        for log in quiet:
+            log.setLevel(logging.CRITICAL)  # a failed trace would log pages of graph code
+        return torch.export.export(model, (example,), dynamic_shapes=shapes)
+    except Exception as error:
+        message = str(error)
+        if "data-dependent" not in message:
+            raise
+        line = re.search(r"line (\d+), in (\w+)\n\s*(.+)", message)
+        where = f" (line {line[1]} of {line[2]}: `{line[3].strip()}`)" if line else ""
+        raise ExportError(f"torch.export cannot trace {type(model).__name__}: the code branches on a "
+                          f"tensor's value{where}, which is only known when an image arrives. Write the "
+                          "choice as a tensor operation (torch.where) or with torch.cond, so that the "
+                          "graph holds both paths") from None
+    finally:
+        for log, level in zip(quiet, levels):
+            log.setLevel(level)
 
 
 def export_onnx(program, path: str | os.PathLike) -> Path:
@@ -200,14 +224,18 @@ class _Calibration:
 
 
 def quantize_static_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: Tensor, *,
-                         parts: Sequence[str] = ("linear layers",), batch_size: int = 64) -> Path:
+                         parts: Sequence[str] = ("linear layers",), form: str = "QDQ",
+                         batch_size: int = 64) -> Path:
     """Static int8 of the chosen ``parts`` (names from :data:`PARTS`): the float model runs once on the
     ``calibration`` images (normalised, from the training set), each activation's range is recorded, and
     scales and zero points are fixed from those ranges; weights are int8 with a scale per channel.
 
-    The file is in ONNX's QDQ form: a QuantizeLinear/DequantizeLinear pair around every quantised tensor,
-    which ONNX Runtime fuses into int8 kernels where it has them (matrix products); elsewhere the pair
-    still rounds the tensor to 8 bits, so the accuracy is what int8 there would give.
+    ``form="QDQ"`` writes a QuantizeLinear/DequantizeLinear pair around every quantised tensor, which
+    ONNX Runtime fuses into int8 kernels where it has them; elsewhere the pair still rounds the tensor
+    to 8 bits, so the accuracy is what int8 there would give: the form for measuring which parts
+    tolerate int8. ``form="QOperator"`` replaces the linear layers by int8 operators
+    (``QLinearMatMul``, ``QLinearConv``; activations uint8, as ONNX Runtime advises on x86): the form
+    for speed.
 
     Shape:
         calibration (n, C, H, W)
@@ -215,6 +243,8 @@ def quantize_static_int8(src: str | os.PathLike, dst: str | os.PathLike, calibra
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+    if form not in ("QDQ", "QOperator"):
+        raise ValueError(f"form must be 'QDQ' or 'QOperator', got {form!r}")
     unknown = sorted(set(parts) - set(PARTS))
     if unknown or not parts:
         raise ValueError(f"parts must be a non-empty selection of {PARTS}, got {list(parts)}")
@@ -227,8 +257,10 @@ def quantize_static_int8(src: str | os.PathLike, dst: str | os.PathLike, calibra
         found = graph_parts(onnx.load(str(pre)))
         nodes = [name for part in parts for name in found[part]]
         types = sorted({n.op_type for n in onnx.load(str(pre)).graph.node if n.name in set(nodes)})
-        quantize_static(str(pre), str(dst), _Calibration(calibration, batch_size), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        activations = QuantType.QInt8 if form == "QDQ" else QuantType.QUInt8
+        quantize_static(str(pre), str(dst), _Calibration(calibration, batch_size),
+                        quant_format=getattr(QuantFormat, form), per_channel=True,
+                        activation_type=activations, weight_type=QuantType.QInt8,
                         op_types_to_quantize=types, nodes_to_quantize=nodes,
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     pre.unlink()
