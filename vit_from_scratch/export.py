@@ -230,6 +230,9 @@ def quantize_static_int8(src: str | os.PathLike, dst: str | os.PathLike, calibra
     ``calibration`` images (normalised, from the training set), each activation's range is recorded, and
     scales and zero points are fixed from those ranges; weights are int8 with a scale per channel.
 
+    The calibration keeps every intermediate tensor of every calibration image in memory (about 10 MB per
+    image for the chapter's model): a few hundred images are plenty for ranges.
+
     ``form="QDQ"`` writes a QuantizeLinear/DequantizeLinear pair around every quantised tensor, which
     ONNX Runtime fuses into int8 kernels where it has them; elsewhere the pair still rounds the tensor
     to 8 bits, so the accuracy is what int8 there would give: the form for measuring which parts
