@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 import logging
 import os
 import re
 import statistics
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,10 +78,14 @@ def export_program(model: nn.Module, example: Tensor, *, dynamic_batch: bool = T
     quiet = [logging.getLogger(n) for n in ("torch.fx.experimental.symbolic_shapes", "torch.export",
                                             "torch._export", "torch._dynamo", "torch.fx")]
     levels = [log.level for log in quiet]
+    printed = io.StringIO()  # a failed trace prints pages of graph code (with file paths) to stderr
     try:
         for log in quiet:
-            log.setLevel(logging.CRITICAL)  # a failed trace would log pages of graph code
-        return torch.export.export(model, (example,), dynamic_shapes=shapes)
+            log.setLevel(logging.CRITICAL)
+        with contextlib.redirect_stderr(printed):
+            program = torch.export.export(model, (example,), dynamic_shapes=shapes)
+        sys.stderr.write(printed.getvalue())  # a successful trace's warnings are shown
+        return program
     except Exception as error:
         message = str(error)
         if "data-dependent" not in message:
