@@ -42,3 +42,20 @@ def sharded_evaluation(test_set, model_config: dict) -> dict:
             errors.append(str(error))
     return {"loss_sum": loss_sum, "correct": correct, "count": count, "shard": len(shard),
             "local_count": local["count"], "batches": len(loader), "errors": errors}
+
+
+def fit_reading_rank0s_half(config: dict, train_set, test_set) -> dict:
+    """A negative control: ``fit_worker`` with a planted bug, every rank reads rank 0's half of each
+    global batch (the wrong shard), so half the images are never trained on."""
+    from vit_from_scratch import training
+    from vit_from_scratch.distributed import fit_worker
+
+    real = training.make_loader
+
+    def same_half(*args, **kwargs):
+        if kwargs.get("train"):
+            kwargs["rank"] = 0
+        return real(*args, **kwargs)
+
+    training.make_loader = same_half  # in this spawned process only
+    return fit_worker(config, train_set, test_set)

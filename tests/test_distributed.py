@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _distributed_runs import loader_batches, sharded_evaluation
+from _distributed_runs import fit_reading_rank0s_half, loader_batches, sharded_evaluation
 from _tiny_runs import TINY_MODEL, TRAIN, tiny_config, tiny_data, write_image_folder
 from vit_from_scratch.checkpoints import load_checkpoint
 from vit_from_scratch.data import ImageSet
@@ -89,13 +89,27 @@ def test_with_augmentation_the_ranks_read_disjoint_halves_of_every_batch(policy)
         assert not torch.equal(ranks[0]["images"][0], single["images"][0][:8])
 
 
-def test_resume_on_two_ranks_continues_bit_exactly(tmp_path):
+def test_a_wrong_shard_or_a_wrong_seed_moves_the_weights_far_beyond_the_tolerance(one_process):
+    """Negative controls for the test above: the comparison can fail. Every rank reading rank 0's half of
+    each batch, or a run seeded 1 instead of 0, lands more than 100 x ATOL from one process."""
+    config, single = one_process
+    wrong_shard = spawn(fit_reading_rank0s_half, 2, config, TRAIN, TEST_ODD)
+    wrong_seed = spawn(fit_worker, 2, {**config, "seed": config["seed"] + 1}, TRAIN, TEST_ODD)
+    for name, ranks in (("wrong shard", wrong_shard), ("wrong seed", wrong_seed)):
+        assert _max_difference(ranks[0]["model"], single["model"]) > 100 * ATOL, name
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_resume_on_two_ranks_continues_bit_exactly(tmp_path, strategy):
     config = tiny_config(mixup=0.8, cutmix=1.0, model={**TINY_MODEL, "drop_path": 0.1}).to_dict()
-    straight = spawn(fit_worker, 2, config, TRAIN, TEST_ODD, "ddp", out_dir=str(tmp_path / "a"))
-    spawn(fit_worker, 2, config, TRAIN, TEST_ODD, "ddp", out_dir=str(tmp_path / "b"), stop_after_epochs=1)
-    resumed = spawn(fit_worker, 2, config, TRAIN, TEST_ODD, "ddp", out_dir=str(tmp_path / "b"), resume=True)
+    run = dict(config=config, train_set=TRAIN, test_set=TEST_ODD, strategy=strategy)
+    straight = spawn(fit_worker, 2, out_dir=str(tmp_path / "a"), **run)
+    spawn(fit_worker, 2, out_dir=str(tmp_path / "b"), stop_after_epochs=1, **run)
+    resumed = spawn(fit_worker, 2, out_dir=str(tmp_path / "b"), resume=True, **run)
     a, b = straight[0]["model"], resumed[0]["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    for r in (0, 1):  # every rank's weights (FSDP2: each rank's shards, gathered) continue exactly
+        assert all(torch.equal(straight[r]["model"][k], resumed[r]["model"][k]) for k in a), (strategy, r)
     assert [h["train_loss"] for h in straight[0]["history"]] == [h["train_loss"] for h in resumed[0]["history"]]
     history = json.loads((tmp_path / "b" / "history.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]
@@ -198,3 +212,53 @@ def test_device_errors_under_torchrun_are_one_line(monkeypatch, capsys, tmp_path
     assert "Traceback" not in err and err.startswith("error: ") and expected in err, err
     assert err.count("\n") == 2 and "--debug" in err  # the error, and where the traceback is
     assert ("init", "nccl") not in calls and ("init", "gloo") not in calls  # refused before any waiting
+
+
+def _wrap_calls(monkeypatch, parallel, model):
+    """``parallel.wrap(model)`` with FSDP2's ``fully_shard`` and ``init_device_mesh`` replaced by recorders."""
+    import torch.distributed.device_mesh as device_mesh
+    import torch.distributed.fsdp as fsdp
+
+    calls = []
+    monkeypatch.setattr(device_mesh, "init_device_mesh", lambda kind, shape, **kw: ("mesh", kind, shape, kw))
+    monkeypatch.setattr(fsdp, "fully_shard", lambda module, **kw: calls.append(kw))
+    parallel.wrap(model)
+    return calls
+
+
+@pytest.mark.parametrize("gpus, amp, bf16_units, expected", [
+    (2, "auto", True, torch.bfloat16),  # an A100/H100: bf16 all-gathers, fp32 reduction
+    (2, "bf16", True, torch.bfloat16),
+    (2, "auto", False, None),  # a T4/V100: fp16 autocast with the gradient scaler, fp32 all-gathers
+    (2, "off", True, None),
+    (0, "auto", False, None),  # the CPU (gloo): nothing is cast
+    (0, "bf16", False, None),
+])
+def test_fsdp2_gets_a_bf16_mixed_precision_policy_only_on_gpus_with_bf16(monkeypatch, gpus, amp, bf16_units,
+                                                                         expected):
+    """Simulated GPUs: FSDP2's MixedPrecisionPolicy reaches every fully_shard call (each block and the root)."""
+    from vit_from_scratch.distributed import Distributed
+
+    _torchrun_env(monkeypatch, rank=1, gpus=gpus)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16_units)
+    parallel = Distributed.start("fsdp", "cuda" if gpus else "cpu")
+    parallel.check(tiny_config(amp=amp))
+    calls = _wrap_calls(monkeypatch, parallel, VisionTransformer(ViTConfig.from_dict(TINY_MODEL)))
+    assert len(calls) == TINY_MODEL["depth"] + 1
+    for kw in calls:
+        assert kw["mp_policy"].param_dtype == expected
+        assert kw["mp_policy"].reduce_dtype == (torch.float32 if expected else None)
+        assert kw["mesh"] == ("mesh", "cuda" if gpus else "cpu", (2,), {"mesh_dim_names": None})
+
+
+def test_fsdp2_over_several_machines_is_hsdp_on_a_2d_mesh(monkeypatch):
+    """Simulated 4 machines x 8 GPUs: shard inside a machine, replicate across machines."""
+    from vit_from_scratch.distributed import Distributed, fsdp_mesh_shape
+
+    assert fsdp_mesh_shape(8, 8) == (8,) and fsdp_mesh_shape(2, 2) == (2,)
+    assert fsdp_mesh_shape(32, 8) == (4, 8) and fsdp_mesh_shape(12, 8) == (12,)  # 12 = 8 + 4: not a grid
+    _torchrun_env(monkeypatch, rank=1, world_size=32, gpus=8)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    parallel = Distributed.start("fsdp", "cuda")
+    calls = _wrap_calls(monkeypatch, parallel, VisionTransformer(ViTConfig.from_dict(TINY_MODEL)))
+    assert calls[-1]["mesh"] == ("mesh", "cuda", (4, 8), {"mesh_dim_names": ("replicate", "shard")})

@@ -4,7 +4,10 @@
 many-process answers, so ``training.fit`` runs unchanged:
 
 * the model is wrapped in ``DistributedDataParallel`` (gradients all-reduced in buckets during the
-  backward pass), or sharded with FSDP2 (``fully_shard``: each encoder block, then the root);
+  backward pass), or sharded with FSDP2 (``fully_shard``: each encoder block, then the root). On GPUs
+  with bf16 autocast, FSDP2 also gets a ``MixedPrecisionPolicy`` (:func:`fsdp_policy`): bf16
+  all-gathers, fp32 gradient reduction. Over several machines FSDP2 becomes HSDP on a 2-D mesh
+  (:func:`fsdp_mesh_shape`): sharded inside a machine, replicated across machines;
 * each process reads its slice of every global batch of the one shuffled order, so ``batch_size``
   stays the global batch and the learning-rate schedule is laid out in global steps;
 * training and test numbers are sums over the processes (correct counts, summed losses), and every
@@ -35,9 +38,10 @@ from torch import nn
 
 from .data import ImageSet
 from .parallel import SingleProcess
-from .recipe import TrainConfig
+from .recipe import TrainConfig, autocast_dtype
 
-__all__ = ["Distributed", "free_port", "spawn", "fit_worker", "main", "STRATEGIES"]
+__all__ = ["Distributed", "free_port", "spawn", "fit_worker", "main", "STRATEGIES", "fsdp_policy",
+           "fsdp_mesh_shape"]
 
 STRATEGIES = ("ddp", "fsdp")
 PAD_LABEL = -100  # F.cross_entropy's ignore_index: a padded test image adds no loss and is not counted
@@ -62,6 +66,7 @@ class Distributed(SingleProcess):
                                "(or spawn() from Python)")
         self.strategy, self.rank, self.world_size = strategy, dist.get_rank(), dist.get_world_size()
         self.device = _local_device(device)
+        self.amp_dtype: torch.dtype | None = None  # the run's autocast dtype, set by check()
 
     @classmethod
     def start(cls, strategy: str = "ddp", device: torch.device | str | None = None) -> Distributed:
@@ -97,6 +102,7 @@ class Distributed(SingleProcess):
         if self.strategy == "fsdp" and config.optimizer != "adamw":
             raise ValueError(f"optimizer={config.optimizer!r} orthogonalises whole matrices, which FSDP2 shards "
                              "across processes; use optimizer='adamw' with FSDP2, or use DDP")
+        self.amp_dtype = autocast_dtype(config.amp, self.device)  # wrap() picks FSDP2's precision from it
 
     def seed(self, seed: int) -> None:
         torch.manual_seed(_rank_seed(seed, self.rank))  # the weights are drawn: now each rank its own stream
@@ -108,10 +114,13 @@ class Distributed(SingleProcess):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        mesh = init_device_mesh(self.device.type, (self.world_size,))
+        shape = fsdp_mesh_shape(self.world_size, int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size)))
+        names = ("replicate", "shard") if len(shape) == 2 else None  # 2-D: HSDP
+        mesh = init_device_mesh(self.device.type, shape, mesh_dim_names=names)
+        policy = fsdp_policy(self.device, self.amp_dtype)
         for block in getattr(model, "blocks", []):  # each block's parameters gathered only while it runs
-            fully_shard(block, mesh=mesh)
-        fully_shard(model, mesh=mesh)  # the rest: embeddings, final norm, head
+            fully_shard(block, mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)  # the rest: embeddings, final norm, head
         return model
 
     def eval_shard(self, data: ImageSet) -> ImageSet:
@@ -154,6 +163,34 @@ class Distributed(SingleProcess):
         states = [None] * self.world_size
         dist.all_gather_object(states, state)
         return states
+
+
+def fsdp_policy(device: torch.device, amp_dtype: torch.dtype | None):
+    """FSDP2's ``MixedPrecisionPolicy`` for a run on ``device`` whose autocast dtype is ``amp_dtype``.
+
+    Autocast alone casts each weight to bf16 *after* FSDP2 has all-gathered it in fp32: the
+    all-gathers (the bulk of FSDP2's traffic) then move 4 bytes per parameter. With
+    ``param_dtype=bf16`` FSDP2 casts its fp32 shard to bf16 before the all-gather (2 bytes), the
+    unsharded weights and their gradients are bf16, and ``reduce_dtype=fp32`` adds the gradients
+    of the processes in fp32 (a bf16 sum over many processes loses low bits); the shards, the
+    optimiser state and its step stay fp32. On a GPU with bf16 only: on the CPU (gloo, no autocast)
+    and with fp16 (which needs the gradient scaler) the policy casts nothing.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    if device.type == "cuda" and amp_dtype == torch.bfloat16:
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    return MixedPrecisionPolicy()  # fp32 all-gathers and reductions
+
+
+def fsdp_mesh_shape(world_size: int, local_world_size: int) -> tuple[int, ...]:
+    """FSDP2's device mesh: ``(W,)`` on one machine (shard over all processes); over several machines
+    of ``local_world_size`` processes each, ``(machines, local_world_size)``: HSDP, sharded inside a
+    machine (its fast links carry the all-gathers of every block) and replicated across machines
+    (only one all-reduce of each shard's gradients per step crosses the slower network)."""
+    if local_world_size >= world_size or world_size % local_world_size:
+        return (world_size,)
+    return (world_size // local_world_size, local_world_size)
 
 
 def _local_device(requested: torch.device | str | None = None) -> torch.device:
