@@ -50,8 +50,10 @@ class ExportError(RuntimeError):
 
 
 def onnx_export_available() -> bool:
-    """Whether this torch has the dynamo ONNX exporter (``torch.onnx.export(..., dynamo=True)``, torch >= 2.5)."""
-    return "dynamo" in inspect.signature(torch.onnx.export).parameters
+    """Whether this torch's dynamo ONNX exporter takes an ``ExportedProgram`` alone (torch >= 2.5; torch 2.4 has
+    ``dynamo=`` but still requires example ``args``)."""
+    params = inspect.signature(torch.onnx.export).parameters
+    return "dynamo" in params and "args" in params and params["args"].default is not inspect.Parameter.empty
 
 
 # --------------------------------------------------------------------------- export
@@ -88,7 +90,7 @@ def export_program(model: nn.Module, example: Tensor, *, dynamic_batch: bool = T
         return program
     except Exception as error:
         message = str(error)
-        if "data-dependent" not in message:
+        if "data-dependent" not in message and "Dynamic control flow" not in message:  # torch >= 2.5, 2.4
             raise
         line = re.search(r"line (\d+), in (\w+)\n\s*(.+)", message)
         where = f" (line {line[1]} of {line[2]}: `{line[3].strip()}`)" if line else ""
