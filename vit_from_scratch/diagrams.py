@@ -122,7 +122,7 @@ def _encoder_block(ax: plt.Axes, x: float, top: float, width: float, stage: Stag
             ax.add_patch(Circle((x, y), 0.22, facecolor="white", edgecolor="#444444", lw=1.4))
             ax.text(x, y, "+", ha="center", va="center", fontsize=FONT, fontweight="bold")
         else:
-            _box(ax, x, y, width * 0.66, row, ENCODER, label[0], label[1], fontsize=FONT - 1.5)
+            _box(ax, x, y, width * 0.76, row, ENCODER, label[0], label[1], fontsize=FONT - 1.5)
         if k:
             start = ys[k - 1] - (0.22 if boxes[k - 1] is None else row / 2)
             _arrow(ax, x, start, x, y + (0.22 if label is None else row / 2))
