@@ -50,9 +50,9 @@ def main(out: Path = OUT) -> None:
         show_image(batch[k], axes[0, k], test.classes[test.labels[i]])
         axes[0, k].title.set_fontsize(9)
         show_attention(batch[k], rollout[k], axes[1, k])
-    axes[1, 0].set_ylabel("attention\nrollout", fontsize=8)
-    fig.suptitle("CIFAR-10 test images: each correctly classified (top) and where its class "
-                 "token looks (bottom)", fontsize=8)
+    axes[1, 0].set_ylabel("where it\nlooks", fontsize=8)
+    fig.suptitle("CIFAR-10 test images, each classified correctly (top), and the parts its answer "
+                 "draws on (bottom)", fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, bbox_inches="tight")

@@ -12,7 +12,7 @@ MODULES = sorted(p for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
 
 # The chapter that introduces each module; 0 marks the shared helpers every chapter may use.
 CHAPTER = {
-    "runtime": 0, "plotting": 0,
+    "runtime": 0, "plotting": 0, "diagrams": 0,
     "patches": 1, "positions": 2, "attention": 3, "encoder": 4,
     "config": 5, "model": 5, "state_dicts": 5, "interop": 5,
     "data": 6, "loaders": 6, "checkpoints": 6, "recipe": 6, "training": 6, "cli": 6, "train": 6, "parallel": 6,
