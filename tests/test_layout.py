@@ -24,6 +24,7 @@ CHAPTER = {
     "distributed": 11,
     "mae": 12, "probe": 12,
     "datasets": 13, "transfer": 13,
+    "export": 14, "classifier_page": 14,
 }
 MAX_LINES = 410  # "about 400": a file a reader takes in at one sitting
 
