@@ -81,3 +81,10 @@ def test_functions_are_short_or_say_why_not(path):
             assert length <= MAX_FUNCTION_LINES or KEPT_WHOLE in head, (
                 f"{path.name}: {node.name} has {length} lines (at most {MAX_FUNCTION_LINES}): split it into "
                 f"named steps, or say why not in a comment beside its def containing {KEPT_WHOLE!r}")
+
+
+def test_every_test_file_has_its_own_name():
+    """pytest imports test files by basename (no __init__.py here): two files of one name stop the collection."""
+    names = [p.name for p in Path(__file__).parent.rglob("test_*.py")]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    assert not twice, f"rename one of each: {twice}"
