@@ -98,8 +98,8 @@ def test_bad_optimizer_choices_say_what_to_do():
 def test_fsdp_refuses_muon_with_the_reason():
     from vit_from_scratch.distributed import Distributed
 
-    sharded = object.__new__(Distributed)  # the check only reads the strategy and the world size
-    sharded.strategy, sharded.world_size = "fsdp", 2
+    sharded = object.__new__(Distributed)  # the check reads the strategy, the world size and the device
+    sharded.strategy, sharded.world_size, sharded.device = "fsdp", 2, torch.device("cpu")
     with pytest.raises(ValueError, match="FSDP2 shards"):
         sharded.check(tiny_config(optimizer="muon"))
     sharded.check(tiny_config(optimizer="adamw"))

@@ -50,10 +50,12 @@ class ExportError(RuntimeError):
 
 
 def onnx_export_available() -> bool:
-    """Whether this torch's dynamo ONNX exporter takes an ``ExportedProgram`` alone (torch >= 2.5; torch 2.4 has
-    ``dynamo=`` but still requires example ``args``)."""
+    """Whether this torch's dynamo ONNX exporter writes this model's graph correctly: torch >= 2.14, where it
+    was tested. torch 2.4 still needs example ``args``; torch 2.9 writes a graph that onnx's shape inference
+    rejects ("Inferred shape and existing shape differ")."""
     params = inspect.signature(torch.onnx.export).parameters
-    return "dynamo" in params and "args" in params and params["args"].default is not inspect.Parameter.empty
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    return "dynamo" in params and (major, minor) >= (2, 14)
 
 
 # --------------------------------------------------------------------------- export
@@ -111,7 +113,7 @@ def export_onnx(program, path: str | os.PathLike) -> Path:
     """
     if not onnx_export_available():
         raise RuntimeError(f"torch {torch.__version__} has no dynamo ONNX exporter; ONNX export here needs "
-                           "torch >= 2.5 (pip install -U torch)")
+                           "torch >= 2.14 (pip install -U torch)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
