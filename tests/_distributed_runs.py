@@ -37,7 +37,7 @@ def sharded_evaluation(test_set, model_config: dict) -> dict:
     errors = []
     for batch in (15, 16):  # the global batch must divide among the processes
         try:
-            parallel.check(type("C", (), {"batch_size": batch, "low_res_epochs": 0})())
+            parallel.check(type("C", (), {"batch_size": batch, "low_res_epochs": 0, "amp": "off"})())
         except ValueError as error:
             errors.append(str(error))
     return {"loss_sum": loss_sum, "correct": correct, "count": count, "shard": len(shard),
