@@ -298,11 +298,14 @@ def test_the_attention_script_redraws_on_every_choice_and_click():
     assert log[5]["caption"] == "image 0 · layer 2 · head 1 · query patch (3, 0)"  # hovering moves it
     assert log[6]["caption"] == log[4]["caption"]  # leaving the canvas returns to the clicked patch
     assert log[7]["caption"] == "image 1 · layer 2 · head 1 · query patch (1, 2)"
-    # the brightest patch on the canvas is where the map is largest
+    # the brightest patch on the canvas is where the map is largest, up to two of the canvas's 256 colour
+    # levels (under torch 2.9's numerics two patches were within one level, and the first of them won)
     expected = [data.maps("attention")[0, -1, 0], data.maps("attention")[0, 1, 0], data.maps("rollout")[0, 1],
                 data.maps("query")[0, 1, 0, 6], data.maps("query")[0, 1, 1, 6], data.maps("query")[0, 1, 1, 12]]
     for snap, m in zip(log, expected):
-        assert int(np.argmax(snap["centres"])) == int(m.argmax()), snap["caption"]
+        flat = m.flatten().double()
+        level = (flat.max() - flat.min()) / 255
+        assert flat[int(np.argmax(snap["centres"]))] >= flat.max() - 2 * level, snap["caption"]
 
 
 @needs_node
