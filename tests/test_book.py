@@ -169,3 +169,14 @@ def test_the_footer_names_every_cpu_the_committed_outputs_ran_on():
     names = {"AMD EPYC" if "EPYC" in cpu else "Intel Xeon" if "Xeon" in cpu else cpu for cpu in cpus}
     missing = [name for name in sorted(names) if name not in footer]
     assert not missing, f"chapters ran on {sorted(cpus)}; the footer in _config.yml does not name {missing}"
+
+
+def test_the_bibliography_parses_and_every_cited_key_is_in_it():
+    from pybtex.database import parse_file
+
+    keys = set(parse_file(str(ROOT / "book" / "references.bib")).entries)
+    cited = set()
+    for path in [*CHAPTERS, ROOT / "book" / "intro.md"]:
+        for group in re.findall(r"\{cite:[pt]\}`([^`]+)`", path.read_text()):
+            cited |= {key.strip() for key in group.split(",")}
+    assert not cited - keys, f"cited but not in references.bib: {sorted(cited - keys)}"
