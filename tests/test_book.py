@@ -71,6 +71,32 @@ def test_chapter_is_committed_executed_and_reports_its_environment(path):
         f"{path.name}: print(environment_report()) near the top"
 
 
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_every_output_comes_from_one_uninterrupted_execution(path):
+    """A cell re-run alone after the full run (its output pasted into the notebook) must not pass for
+    part of that run: the counts are 1..N with no gap, and each cell starts within seconds of the end
+    of the cell before it, by the kernel's own clock (nbclient stores it in ``metadata.execution``)."""
+    from datetime import datetime
+
+    code = [c for c in _cells(path) if c["cell_type"] == "code"]
+    counts = [c.get("execution_count") for c in code]
+    assert counts == list(range(1, len(code) + 1)), (
+        f"{path.name}: execution counts {counts} are not 1..{len(code)}: re-execute the whole chapter "
+        f"(make outputs CHAPTERS=book/{path.name}), not single cells")
+    stamps = [c.get("metadata", {}).get("execution", {}) for c in code]
+    assert all("iopub.execute_input" in s and "shell.execute_reply" in s for s in stamps), (
+        f"{path.name}: execute with nbconvert/nbclient, which records when each cell ran")
+
+    def clock(text):
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+    for k in range(1, len(code)):
+        idle = (clock(stamps[k]["iopub.execute_input"]) - clock(stamps[k - 1]["shell.execute_reply"]))
+        assert 0 <= idle.total_seconds() < 60, (
+            f"{path.name}: cell {k + 1} started {idle} after cell {k} ended: the outputs are not one "
+            "execution of the notebook; re-execute it from the top")
+
+
 def _toc_files(entries):
     for entry in entries:
         if "file" in entry:
