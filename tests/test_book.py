@@ -97,6 +97,15 @@ def test_every_output_comes_from_one_uninterrupted_execution(path):
             "execution of the notebook; re-execute it from the top")
 
 
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_every_cell_has_its_own_id(path):
+    """nbformat 4.5 wants an ``id`` per cell (nbformat warns today and will refuse later); a cell added
+    by a script without one, or copied with its neighbour's, fails here."""
+    ids = [c.get("id") for c in _cells(path)]
+    assert all(ids), f"{path.name}: cells {[k for k, i in enumerate(ids) if not i]} have no id"
+    assert len(set(ids)) == len(ids), f"{path.name}: cell ids repeat"
+
+
 def _toc_files(entries):
     for entry in entries:
         if "file" in entry:
