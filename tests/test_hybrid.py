@@ -76,3 +76,16 @@ def test_hybrid_trains():
     losses = fit_one_batch(model, x, y, lr=1e-2, steps=60)  # 20 fell only to 0.76 of the start on torch 2.9
     assert losses[-1] < 0.5 * losses[0]
     assert model.patch_embed.convs[0].weight.grad.abs().sum() > 0  # gradients reach the stem
+
+
+def test_default_stem_is_xiaos_stride_2_layers_that_double_the_channels():
+    stem = ConvStem(image_size=32, dim=96)
+    convs = [m for m in stem.convs if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2), (2, 2)] and [c.out_channels for c in convs] == [64, 128]
+    assert stem.grid_size == (8, 8) and stem.proj.kernel_size == (1, 1)
+
+
+def test_one_block_fewer_pays_for_the_stem_at_the_chapters_size():
+    config = ViTConfig(image_size=32, patch_size=4, num_classes=10, dim=96, depth=4, num_heads=3, mlp_ratio=2.0)
+    hybrid = HybridViT(config, depth=3)
+    assert abs(hybrid.macs() / config.macs() - 1) < 0.02  # the stem costs about one transformer block

@@ -20,7 +20,7 @@ CHAPTER = {
     "attention_maps": 7, "attention_plots": 7, "explorer": 7,
     "efficiency": 8,
     "cnn": 9, "distillation": 9, "learning_curve": 9,
-    "windows": 10, "hybrid": 10, "pyramid": 10,
+    "windows": 10, "hybrid": 10, "pyramid": 10, "matched": 10,
     "distributed": 11,
     "mae": 12, "probe": 12,
     "datasets": 13, "transfer": 13,

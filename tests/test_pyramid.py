@@ -110,3 +110,29 @@ def test_config_rejects_shapes_that_do_not_fit():
         SwinConfig(image_size=24, patch_size=4, depths=(2, 2, 2), num_heads=(1, 2, 4))  # 6x6 grid, merged twice
     with pytest.raises(ValueError, match="not divisible by its 3 heads"):
         SwinConfig(embed_dim=64, num_heads=(3, 4))
+
+
+def test_shift_false_keeps_every_window_regular_with_the_same_weights():
+    shifted, regular = SwinTransformer(THREE), SwinTransformer(THREE.replace(shift=False))
+    assert all(b.shift_size == 0 and b.attn_mask is None for s in regular.layers for b in s.blocks)
+    assert shifted.state_dict().keys() == regular.state_dict().keys() and regular.macs() == shifted.macs()
+    regular.load_state_dict(randomise(shifted).state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    assert not torch.allclose(shifted(x), regular(x))  # the shift changes what the blocks compute
+
+
+def test_without_the_shift_a_token_sees_only_its_own_window():
+    one_stage = SwinConfig(image_size=16, patch_size=2, embed_dim=8, depths=(2,), num_heads=(1,), window_size=4)
+    for shift, crosses in ((False, False), (True, True)):
+        model = randomise(SwinTransformer(one_stage.replace(shift=shift)))
+        x = model.patch_embed(torch.randn(1, 3, 16, 16)).detach().requires_grad_()
+        model.layers(x)[0, 3, 3].sum().backward()  # a token of the top-left 4 x 4 window
+        reach = x.grad[0].abs().sum(-1) > 0
+        outside = reach.clone()
+        outside[:4, :4] = False
+        assert reach[:4, :4].all() and outside.any() == crosses
+
+
+def test_shift_must_be_a_bool():
+    with pytest.raises(ValueError, match="shift must be True"):
+        SwinConfig(shift="no")

@@ -27,8 +27,10 @@ __all__ = ["ConvStem", "HybridViT"]
 class ConvStem(nn.Module):
     """3x3 conv-BatchNorm-ReLU layers, then a 1x1 convolution to the token width, flattened to tokens.
 
-    The strides multiply to the *effective patch size*: strides ``(1, 2, 2)`` turn a 32 x 32 image into an
-    8 x 8 grid, the grid of 4 x 4 patches. The last 1x1 convolution is called ``proj`` like the patch
+    The strides multiply to the *effective patch size*: strides ``(2, 2)`` turn a 32 x 32 image into an
+    8 x 8 grid, the grid of 4 x 4 patches. The defaults follow Xiao et al. (2021): every 3x3 layer has
+    stride 2 and doubles the channels. (Their design space also allows stride-1 layers that keep the
+    channels; a stride-1 layer at full resolution costs far more.) The last 1x1 convolution is called ``proj`` like the patch
     embedding's, so :meth:`VisionTransformer.init_weights` initialises it the same way (Xiao et al., 2021).
     Exposes ``image_size``, ``patch_size``, ``grid_size`` and ``num_patches`` like ``PatchEmbedding``.
 
@@ -37,7 +39,7 @@ class ConvStem(nn.Module):
     """
 
     def __init__(self, *, image_size: int | tuple[int, int] = 32, in_channels: int = 3, dim: int = 192,
-                 channels: Sequence[int] = (32, 64, 128), strides: Sequence[int] = (1, 2, 2)) -> None:
+                 channels: Sequence[int] = (64, 128), strides: Sequence[int] = (2, 2)) -> None:
         super().__init__()
         if len(channels) != len(strides) or not channels:
             raise ValueError(f"give one stride per stem layer: {len(channels)} channel counts {tuple(channels)} "
@@ -81,7 +83,8 @@ class HybridViT(VisionTransformer):
     The stem's strides must multiply to ``config.patch_size``, so the token grid, and with it the class
     token, the position embedding and the encoder, are exactly those of the plain ViT with that config.
     The stem goes in through ``VisionTransformer``'s ``embed_layer`` hook, so no patch embedding is
-    built and thrown away.
+    built and thrown away. Xiao et al. (2021) size the stem to cost about one transformer block and
+    remove one block (``depth=config.depth - 1``), so that the hybrid matches the ViT's compute.
 
     Args:
         config: a :class:`ViTConfig` or a size name, as for ``VisionTransformer``.
@@ -93,15 +96,15 @@ class HybridViT(VisionTransformer):
         (B, C, H, W) -> (B, K)
     """
 
-    def __init__(self, config: ViTConfig | str | None = None, *, stem_channels: Sequence[int] = (32, 64, 128),
-                 stem_strides: Sequence[int] = (1, 2, 2), **overrides: Any) -> None:
+    def __init__(self, config: ViTConfig | str | None = None, *, stem_channels: Sequence[int] = (64, 128),
+                 stem_strides: Sequence[int] = (2, 2), **overrides: Any) -> None:
         def stem(c: ViTConfig) -> ConvStem:
             stride = math.prod(stem_strides)
             if stride != c.patch_size:
                 raise ValueError(f"the stem's strides {tuple(stem_strides)} downsample by {stride}, but the "
                                  f"config's patch_size is {c.patch_size}: the token grid and the position "
                                  f"embedding would not match. Make the strides multiply to {c.patch_size} "
-                                 f"(e.g. (1, 2, 2) for 4), or set patch_size={stride}")
+                                 f"(e.g. (2, 2) for 4), or set patch_size={stride}")
             return ConvStem(image_size=c.image_size, in_channels=c.in_channels, dim=c.dim,
                             channels=stem_channels, strides=stem_strides)
 

@@ -43,10 +43,14 @@ class SwinConfig:
     num_heads: tuple[int, ...] = field(default=(2, 4))  # attention heads per stage
     window_size: int = 4  # window side M; a stage whose grid is smaller uses its whole grid
     mlp_ratio: float = 2.0  # MLP hidden width over the stage's channels
+    shift: bool = True  # odd blocks shift their windows by M // 2; False: every block regular (an ablation)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "depths", tuple(self.depths))
         object.__setattr__(self, "num_heads", tuple(self.num_heads))
+        if not isinstance(self.shift, bool):
+            raise ValueError(f"shift must be True (alternate regular and shifted windows) or False (regular "
+                             f"windows only), got {self.shift!r}")
         if not self.depths or len(self.depths) != len(self.num_heads):
             raise ValueError(f"give one head count per stage: depths {self.depths}, num_heads {self.num_heads}")
         side, stages = self.image_size // self.patch_size, len(self.depths)
@@ -101,24 +105,25 @@ class SwinPatchEmbedding(PatchEmbedding):
 class SwinStage(nn.Module):
     """One stage: a :class:`PatchMerging` (unless it is the first), then ``depth`` Swin blocks whose
     windows alternate regular (even blocks) and shifted by ``M // 2`` (odd blocks). A window as large as
-    the grid is the whole grid, and then nothing is shifted (as in Swin and timm).
+    the grid is the whole grid, and then nothing is shifted (as in Swin and timm). ``shift=False`` keeps
+    every block's windows regular: Swin's ablation of the shift (Liu et al., 2021, table 4).
 
     Shape:
         (B, h, w, dim) -> (B, h', w', out_dim), h' = h/2 after a merging, else h
     """
 
     def __init__(self, dim: int, out_dim: int, *, input_resolution: int, depth: int, num_heads: int,
-                 window_size: int, mlp_ratio: float, downsample: bool) -> None:
+                 window_size: int, mlp_ratio: float, downsample: bool, shift: bool = True) -> None:
         super().__init__()
         if not downsample and dim != out_dim:
             raise ValueError(f"a stage without merging keeps its width: dim {dim} != out_dim {out_dim}")
         self.downsample = PatchMerging(dim, out_dim) if downsample else nn.Identity()
         side = input_resolution // 2 if downsample else input_resolution
         M = min(window_size, side)
-        shift = M // 2 if M < side else 0
+        shift_size = M // 2 if M < side and shift else 0
         self.blocks = nn.Sequential(*[
             SwinBlock(out_dim, num_heads, input_resolution=(side, side), window_size=M,
-                      shift_size=shift if j % 2 else 0, mlp_ratio=mlp_ratio)
+                      shift_size=shift_size if j % 2 else 0, mlp_ratio=mlp_ratio)
             for j in range(depth)])
 
     def forward(self, x: Tensor) -> Tensor:
@@ -145,7 +150,8 @@ class SwinTransformer(nn.Module):
         dims, sides = c.dims, c.grid_sizes
         self.layers = nn.Sequential(*[
             SwinStage(dims[max(i - 1, 0)], dims[i], input_resolution=sides[max(i - 1, 0)], depth=depth,
-                      num_heads=heads, window_size=c.window_size, mlp_ratio=c.mlp_ratio, downsample=i > 0)
+                      num_heads=heads, window_size=c.window_size, mlp_ratio=c.mlp_ratio, downsample=i > 0,
+                      shift=c.shift)
             for i, (depth, heads) in enumerate(zip(c.depths, c.num_heads))])
         self.norm = nn.LayerNorm(dims[-1])
         self.head = nn.Linear(dims[-1], c.num_classes)
