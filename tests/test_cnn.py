@@ -46,3 +46,25 @@ def test_cnn_fits_a_tiny_batch():
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
+
+
+def test_stride_two_stem_halves_every_stage_and_quarters_the_multiply_adds():
+    plain = SmallResNet(num_classes=10, widths=(8, 16))
+    strided = SmallResNet(num_classes=10, widths=(8, 16), stem_stride=2)
+    assert strided.forward_features(torch.randn(2, 3, 32, 32)).shape == (2, 16, 8, 8)
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in strided.parameters())
+    head = 16 * 10
+    assert strided.macs() - head == (plain.macs() - head) // 4
+    with pytest.raises(ValueError, match="stem_stride"):
+        SmallResNet(stem_stride=3)
+
+
+def test_macs_count_every_convolution_at_its_output_size():
+    model = SmallResNet(num_classes=10, widths=(8, 16)).train()
+    stem = 32 * 32 * 3 * 8 * 9
+    stage1 = 2 * 32 * 32 * 8 * 8 * 9
+    stage2 = 16 * 16 * (8 * 16 * 9 + 16 * 16 * 9 + 8 * 16)  # conv1, conv2, 1x1 shortcut
+    assert model.macs() == stem + stage1 + stage2 + 16 * 10
+    before = model.stem[1].running_mean.clone()
+    model.macs()
+    assert model.training and torch.equal(model.stem[1].running_mean, before)  # counting leaves no trace

@@ -190,3 +190,19 @@ def test_loss_explains_a_student_that_returns_one_output():
     loss_fn = HardDistillationLoss(_CountingTeacher())
     with pytest.raises(ValueError, match="model.train"):
         loss_fn(torch.randn(2, 5), torch.tensor([0, 1]), torch.randn(2, 3, 16, 16))
+
+
+def test_two_class_token_control_trains_both_heads_on_the_labels():
+    from vit_from_scratch.distillation import TwoClassTokenLoss, token_cosine
+
+    cls_logits, dist_logits = torch.randn(4, 5), torch.randn(4, 5)
+    labels = torch.tensor([0, 1, 2, 3])
+    expected = 0.5 * F.cross_entropy(cls_logits, labels) + 0.5 * F.cross_entropy(dist_logits, labels)
+    torch.testing.assert_close(TwoClassTokenLoss()((cls_logits, dist_logits), labels, None), expected)
+    with pytest.raises(ValueError, match="pair"):
+        TwoClassTokenLoss()(cls_logits, labels, None)
+    student = _student().eval()
+    images = torch.randn(3, 3, 16, 16)
+    cosine = token_cosine(student, images)
+    x = student.forward_features(images)
+    torch.testing.assert_close(cosine, F.cosine_similarity(student.fc_norm(x[:, 0]), student.fc_norm(x[:, 1])))

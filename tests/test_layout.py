@@ -19,7 +19,7 @@ CHAPTER = {
     "policies": 6, "averaging": 6,
     "attention_maps": 7, "attention_plots": 7, "explorer": 7,
     "efficiency": 8,
-    "cnn": 9, "distillation": 9, "learning_curve": 9,
+    "cnn": 9, "distillation": 9, "learning_curve": 9, "small_data": 9,
     "windows": 10, "hybrid": 10, "pyramid": 10, "matched": 10,
     "distributed": 11,
     "mae": 12, "probe": 12,

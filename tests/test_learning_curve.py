@@ -74,3 +74,16 @@ def test_compare_uses_a_binomial_floor_for_a_difference():
 def test_compare_needs_two_seeds_per_arm():
     with pytest.raises(ValueError, match="at least two seeds"):
         compare_seeds([0.5], [0.4, 0.41])
+
+
+def test_epochs_for_steps_gives_every_size_the_same_number_of_steps():
+    import math
+
+    from vit_from_scratch.learning_curve import epochs_for_steps
+
+    epochs = epochs_for_steps([2000, 250, 500], 800, 25)
+    assert epochs == {250: 80, 500: 40, 2000: 10}
+    assert {n * e // 25 for n, e in epochs.items()} == {800}
+    assert epochs_for_steps([30], 6, 25) == {30: 3} and math.ceil(30 / 25) * 3 == 6  # last batch smaller
+    with pytest.raises(ValueError, match="whole epochs"):
+        epochs_for_steps([250, 300], 100, 25)

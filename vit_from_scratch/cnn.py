@@ -5,6 +5,9 @@ stage halving the resolution and doubling the width, then global average pooling
 Convolutions build in what a ViT must learn from data: locality (a 3×3 kernel sees only neighbours)
 and translation equivariance (the same kernel slides over every position).
 
+A stride-2 stem (``stem_stride=2``, as ImageNet ResNets start) runs every stage at half the side,
+a quarter of the multiply-adds: how chapter 9 matches the CNN to its ViT in parameters and in compute.
+
 Letters: B batch, C channels, H/W height and width, K classes.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -55,20 +59,25 @@ class SmallResNet(nn.Module):
         num_classes: K, the width of the head.
         widths: channels of each stage (at least one).
         in_channels: 3 for RGB.
+        stem_stride: 1 keeps the image's resolution in the first stage; 2 halves it in the stem.
 
     Shape:
         (B, C, H, W) -> (B, K)
     """
 
-    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (32, 64, 128), in_channels: int = 3) -> None:
+    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (32, 64, 128), in_channels: int = 3,
+                 stem_stride: int = 1) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
         if not widths or min(widths) < 1:
             raise ValueError(f"widths must be one or more positive channel counts, one per stage, got {widths}")
         if num_classes < 1 or in_channels < 1:
             raise ValueError(f"num_classes and in_channels must be positive, got {num_classes} and {in_channels}")
+        if stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride must be 1 (first stage at the image's resolution) or 2 (at half of it), "
+                             f"got {stem_stride}")
         self.in_channels, self.num_classes, self.widths = in_channels, num_classes, widths
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, stride=stem_stride, padding=1, bias=False),
                                   nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
         self.stages = nn.Sequential(*(ResidualBlock(widths[max(i - 1, 0)], w, stride=1 if i == 0 else 2)
                                       for i, w in enumerate(widths)))
@@ -76,6 +85,30 @@ class SmallResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def macs(self, image_size: int = 32) -> int:
+        """Multiply-accumulates of one forward pass for one ``image_size`` square image: every convolution
+        (3×3 and 1×1 shortcuts) at the output size it gives on a traced image, and the head. Batch norm,
+        ReLU, pooling and additions are left out, as in :meth:`ViTConfig.macs`."""
+        counts: list[int] = []
+
+        def count(conv: nn.Conv2d, _inputs, output: Tensor) -> None:
+            kh, kw = conv.kernel_size
+            counts.append(output.shape[2] * output.shape[3] * conv.out_channels * conv.in_channels // conv.groups
+                          * kh * kw)
+
+        hooks = [m.register_forward_hook(count) for m in self.modules() if isinstance(m, nn.Conv2d)]
+        was_training = self.training
+        self.eval()  # a traced image must not move batch norm's running statistics
+        try:
+            with torch.no_grad():
+                self.forward_features(torch.zeros(1, self.in_channels, image_size, image_size,
+                                                  device=self.head.weight.device))
+        finally:
+            self.train(was_training)
+            for hook in hooks:
+                hook.remove()
+        return sum(counts) + self.head.in_features * self.head.out_features
 
     def forward_features(self, images: Tensor) -> Tensor:
         """Stem and stages.

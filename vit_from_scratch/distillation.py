@@ -4,6 +4,12 @@ The student is a ViT with one more learned token, the distillation token, beside
 class token's head learns the true labels; the distillation token's head learns what a teacher (here a
 CNN) predicts for the same augmented image. At inference the two heads' logits are averaged.
 
+DeiT's control (Touvron et al., 2021, sec. 4): the same two tokens and two heads, both trained on the
+true labels (:class:`TwoClassTokenLoss`). If the student gained over a plain ViT only because it has one
+more token, the control would gain as much. DeiT found that the second class token brings nothing, that
+the two class tokens converge to almost the same vector (cosine 0.999) with quasi-identical outputs, and
+that a class and a distillation token end the network less alike (cosine 0.93).
+
 Letters: B batch, C channels, H/W image height/width, N patches, D width, K classes.
 """
 
@@ -19,7 +25,8 @@ from torch import Tensor, nn
 from .model import VisionTransformer, ViTConfig
 from .positions import truncated_normal_
 
-__all__ = ["DistilledVisionTransformer", "hard_distillation_loss", "HardDistillationLoss"]
+__all__ = ["DistilledVisionTransformer", "hard_distillation_loss", "HardDistillationLoss", "TwoClassTokenLoss",
+           "token_cosine"]
 
 
 class DistilledVisionTransformer(VisionTransformer):
@@ -169,3 +176,37 @@ class HardDistillationLoss(nn.Module):
             teacher_logits = self.teacher(images)
         return hard_distillation_loss(output[0], output[1], targets, teacher_logits.float(),
                                       label_smoothing=self.label_smoothing)
+
+
+class TwoClassTokenLoss(nn.Module):
+    """DeiT's control: ``½ CE(cls_logits, y) + ½ CE(dist_logits, y)``, no teacher.
+
+    With a :class:`DistilledVisionTransformer` it trains two class tokens, each with its own head, on the
+    labels: the student's architecture with distillation's only new ingredient, the teacher, taken away.
+    Same form as :class:`HardDistillationLoss` (``loss(output, targets, images)``).
+    """
+
+    def __init__(self, *, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = label_smoothing
+
+    def forward(self, output: Sequence[Tensor], targets: Tensor, images: Tensor | None = None) -> Tensor:
+        if not isinstance(output, (tuple, list)) or len(output) != 2:
+            raise ValueError("expected the model's pair (cls_logits, dist_logits), got "
+                             f"{type(output).__name__}: use a DistilledVisionTransformer in training mode")
+        return sum(0.5 * F.cross_entropy(z.float(), targets, label_smoothing=self.label_smoothing) for z in output)
+
+
+@torch.no_grad()
+def token_cosine(model: DistilledVisionTransformer, images: Tensor) -> Tensor:
+    """Cosine similarity of the two prefix tokens' outputs (after the final norm), per image: how alike
+    the two heads' inputs are (DeiT: quasi-identical for two class tokens; 0.93 for a class and a
+    distillation token at the last layer).
+
+    Shape:
+        (B, C, H, W) -> (B,)
+    """
+    x = model.forward_features(images)  # (B, 2+N, D)
+    return F.cosine_similarity(model.fc_norm(x[:, 0]), model.fc_norm(x[:, 1]), dim=-1)

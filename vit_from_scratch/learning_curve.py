@@ -5,7 +5,9 @@ from one data set so that every smaller set lies inside every larger one and eac
 in proportion: a curve then changes only by the images added, not by a new draw. :func:`compare_seeds`
 compares two arms (e.g. a ViT and a CNN, or a recipe and its reference) trained with several seeds:
 a difference of the means counts only when it exceeds the seeds' spread (and, if given, two standard
-errors of a difference of two accuracies measured on ``n_images`` images).
+errors of a difference of two accuracies measured on ``n_images`` images). :func:`epochs_for_steps`
+gives every set size the same number of optimiser steps, so that a curve does not mix the amount of data
+with the amount of training.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch import Tensor
 
 from .data import ImageSet
 
-__all__ = ["Comparison", "compare_seeds", "nested_subsets", "stratified_order"]
+__all__ = ["Comparison", "compare_seeds", "epochs_for_steps", "nested_subsets", "stratified_order"]
 
 
 def stratified_order(labels: Tensor, *, seed: int = 0) -> Tensor:
@@ -54,6 +56,25 @@ def nested_subsets(data: ImageSet, sizes: Sequence[int], *, seed: int = 0) -> di
     order = stratified_order(data.labels, seed=seed)
     return {n: ImageSet(data.images[order[:n]], data.labels[order[:n]], data.classes,
                         data.source + f" (nested subset of {n}, seed {seed})") for n in sorted(sizes)}
+
+
+def epochs_for_steps(sizes: Sequence[int], steps: int, batch_size: int) -> dict[int, int]:
+    """``{n: epochs}`` such that a training set of ``n`` images gets exactly ``steps`` optimiser steps.
+
+    An epoch of ``n`` images at ``batch_size`` is ``ceil(n / batch_size)`` steps (the last batch may be
+    smaller, as ``fit``'s loader makes it); every size must divide ``steps`` into whole epochs.
+    """
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
+    epochs = {}
+    for n in sorted(int(n) for n in sizes):
+        per_epoch = math.ceil(n / batch_size)
+        if n < 1 or steps % per_epoch:
+            raise ValueError(f"{n} images at batch {batch_size} make {per_epoch} steps per epoch, which does not "
+                             f"divide {steps} steps into whole epochs; choose steps as a multiple of the steps "
+                             "per epoch of every size (e.g. sizes that are multiples of the batch size)")
+        epochs[n] = steps // per_epoch
+    return epochs
 
 
 @dataclass(frozen=True)
