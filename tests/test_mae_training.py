@@ -140,3 +140,13 @@ def test_pretraining_interrupted_by_an_exception_resumes_bit_for_bit(tmp_path):
     assert [r["epoch"] for r in history] == [1, 2, 3]
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), f"{name} differs after the resume"
+
+
+def test_probe_scores_give_both_probes_and_repeat_exactly():
+    from vit_from_scratch.mae_training import probe_scores
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat(20)
+    features = torch.eye(3)[labels] * 3 + 0.3 * torch.randn(60, 3, generator=g)
+    first = probe_scores(features, labels, features, labels, num_classes=3, seed=1)
+    assert set(first) == {"linear", "kNN"} and min(first.values()) > 0.9
+    assert probe_scores(features, labels, features, labels, num_classes=3, seed=1) == first

@@ -22,10 +22,11 @@ from torch import Tensor, nn
 from .data import ImageSet, normalize
 from .loaders import make_loader
 from .model import VisionTransformer
+from .probe import fit_linear_probe, probe_accuracy
 from .recipe import TrainConfig, warmup_cosine
 
 __all__ = ["scaled_lr", "layer_id", "layer_decay_groups", "FinetuneResult", "finetune", "pixel_features",
-           "knn_accuracy"]
+           "knn_accuracy", "probe_scores"]
 
 
 def scaled_lr(base_lr: float, batch_size: int) -> float:
@@ -157,3 +158,13 @@ def knn_accuracy(train_features: Tensor, train_labels: Tensor, features: Tensor,
         votes = torch.zeros(len(part), K).scatter_add_(1, train_labels[index], (similarity / temperature).exp())
         correct += (votes.argmax(1) == truth).sum().item()
     return correct / len(features)
+
+
+def probe_scores(train_features: Tensor, train_labels: Tensor, features: Tensor, labels: Tensor, *,
+                 num_classes: int, seed: int = 0, k: int = 20) -> dict[str, float]:
+    """A frozen encoder's two probes on the same features: a linear classifier
+    (:func:`~vit_from_scratch.probe.fit_linear_probe`, deterministic for a ``seed``) and :func:`knn_accuracy`."""
+    probe = fit_linear_probe(train_features, train_labels, num_classes, seed=seed)
+    return {"linear": probe_accuracy(probe, features, labels),
+            "kNN": knn_accuracy(train_features, train_labels, features, labels, k=min(k, len(train_features)),
+                                num_classes=num_classes)}
