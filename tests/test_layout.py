@@ -22,7 +22,7 @@ CHAPTER = {
     "cnn": 9, "distillation": 9, "learning_curve": 9, "small_data": 9,
     "windows": 10, "hybrid": 10, "pyramid": 10, "matched": 10,
     "distributed": 11,
-    "mae": 12, "probe": 12,
+    "mae": 12, "mae_training": 12, "probe": 12,
     "datasets": 13, "transfer": 13,
     "export": 14, "classifier_page": 14,
 }
