@@ -13,9 +13,9 @@ from PIL import Image
 from vit_from_scratch.data import ImageSet
 from vit_from_scratch.datasets import (EUROSAT_CLASSES, MAGNETIC_TILE_CLASSES, MaskedImageSet, load_eurosat,
                                        load_magnetic_tiles, split_masked, three_way_split)
-from vit_from_scratch.transfer import (class_report, class_weights, confusion_matrix, freeze_all_but,
-                                       mass_inside, patch_fractions, pointing_game, transfer_model,
-                                       weighted_cross_entropy)
+from vit_from_scratch.transfer import (class_report, class_weights, confusion_matrix, equal_steps_set,
+                                       freeze_all_but, mass_inside, patch_fractions, pointing_game,
+                                       transfer_cnn, transfer_model, weighted_cross_entropy)
 
 REAL = Path(os.environ.get("VIT_DATA_DIR", "/nonexistent"))
 
@@ -317,3 +317,42 @@ def test_an_all_zero_map_scores_exactly_chance_in_both_scores():
     for score in (pointing_game, mass_inside):
         result = score(zero, masks)
         torch.testing.assert_close(result.score, result.chance)  # it points nowhere: a uniform map
+
+
+def test_tiles_keep_their_file_names_through_a_selection(tmp_path):
+    tiles = load_magnetic_tiles(_tile_tree(tmp_path, per_class=3), size=16)
+    assert tiles.names is not None and len(tiles.names) == len(tiles) == 18
+    part = tiles.select(torch.tensor([4, 0]), "two")
+    assert part.names == (tiles.names[4], tiles.names[0])
+    assert torch.equal(part.masks, tiles.masks[[4, 0]]) and torch.equal(part.data.labels, tiles.data.labels[[4, 0]])
+    with pytest.raises(ValueError, match="one file name per image"):
+        MaskedImageSet(tiles.data, tiles.masks, names=("a",))
+
+
+def test_transfer_cnn_gets_a_zero_head_and_leaves_the_original_alone():
+    from vit_from_scratch.cnn import SmallResNet
+
+    torch.manual_seed(0)
+    trained = SmallResNet(num_classes=10, widths=(4, 8))
+    moved = transfer_cnn(trained, 3)
+    assert moved.head.out_features == 3 and (moved.head.weight == 0).all() and trained.head.out_features == 10
+    assert torch.equal(moved.stem[0].weight, trained.stem[0].weight)
+    assert moved.stem[0].weight.data_ptr() != trained.stem[0].weight.data_ptr()  # a copy
+    out = moved.eval()(torch.randn(2, 3, 16, 16))
+    assert torch.equal(out, torch.zeros(2, 3))  # every class equally likely at the start
+    with pytest.raises(ValueError, match="head"):
+        transfer_cnn(torch.nn.Conv2d(3, 3, 1), 3)
+
+
+def test_equal_steps_sets_have_the_same_size_whatever_the_labels():
+    data = ImageSet(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 2, 2).contiguous(),
+                    torch.arange(10) % 2, ("a", "b"), "toy")
+    small = equal_steps_set(data, 4, 8, seed=0)  # 32 images from 10: three whole passes and a part
+    assert len(small) == 32
+    ids = small.images[:, 0, 0, 0].long()
+    for k in range(3):
+        assert sorted(ids[10 * k:10 * (k + 1)].tolist()) == list(range(10))  # each pass sees every image once
+    assert (small.labels == ids % 2).all()
+    assert len(equal_steps_set(data, 1, 4, seed=0)) == 4
+    with pytest.raises(ValueError, match="positive"):
+        equal_steps_set(data, 0, 8)

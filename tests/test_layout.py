@@ -23,7 +23,7 @@ CHAPTER = {
     "windows": 10, "hybrid": 10, "pyramid": 10, "matched": 10,
     "distributed": 11,
     "mae": 12, "mae_training": 12, "probe": 12,
-    "datasets": 13, "transfer": 13,
+    "datasets": 13, "transfer": 13, "inspection": 13,
     "export": 14, "classifier_page": 14,
 }
 MAX_LINES = 410  # "about 400": a file a reader takes in at one sitting

@@ -105,15 +105,25 @@ class MaskedImageSet:
 
     data: ImageSet
     masks: Tensor
+    names: tuple[str, ...] | None = None  # each image's file name (no folder), when loaded from files
 
     def __post_init__(self) -> None:
         n, _, h, w = self.data.images.shape
         if self.masks.dtype != torch.uint8 or tuple(self.masks.shape) != (n, 1, h, w):
             raise ValueError(f"masks must be uint8 ({n}, 1, {h}, {w}), like the images, got "
                              f"{self.masks.dtype} {tuple(self.masks.shape)}")
+        if self.names is not None and len(self.names) != n:
+            raise ValueError(f"names must hold one file name per image ({n}), got {len(self.names)}")
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def select(self, index: Tensor, what: str = "subset") -> MaskedImageSet:
+        """The images at ``index`` (a 1-D index tensor), each with its mask and name."""
+        d, index = self.data, torch.as_tensor(index, dtype=torch.int64).cpu()
+        names = tuple(self.names[i] for i in index.tolist()) if self.names is not None else None
+        return MaskedImageSet(ImageSet(d.images[index], d.labels[index], d.classes, f"{d.source} ({what})"),
+                              self.masks[index], names)
 
 
 def _read_gray(path: Path) -> Tensor:
@@ -221,7 +231,8 @@ def load_magnetic_tiles(root: str | os.PathLike | None = None, *, size: int = 64
         images[i], masks[i] = _resize(picture, size), _resize((defect > 127).float() * 255, size)
     labels = torch.tensor([label for *_, label in files], dtype=torch.int64)
     rgb = images.expand(-1, 3, -1, -1).contiguous()  # (N, 1, H, W) -> (N, 3, H, W): gray in every channel
-    return MaskedImageSet(ImageSet(rgb, labels, MAGNETIC_TILE_CLASSES, "magnetic tiles"), masks)
+    names = tuple(image.stem for image, *_ in files)  # e.g. exp1_num_3667: lighting and file number
+    return MaskedImageSet(ImageSet(rgb, labels, MAGNETIC_TILE_CLASSES, "magnetic tiles"), masks, names)
 
 
 def split_masked(data: MaskedImageSet, *, val: float = 0.2, test: float = 0.2,

@@ -13,6 +13,7 @@ Letters: B images, K classes, (h, w) the patch grid, H/W image height and width.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -21,9 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoints import load_trained_model
+from .data import ImageSet
 from .model import VisionTransformer, to_resolution
 
-__all__ = ["transfer_model", "freeze_all_but", "confusion_matrix", "class_report", "class_weights",
+__all__ = ["transfer_model", "freeze_all_but", "transfer_cnn", "equal_steps_set", "confusion_matrix", "class_report", "class_weights",
            "weighted_cross_entropy", "patch_fractions", "Localisation", "pointing_game", "mass_inside"]
 
 
@@ -66,6 +68,39 @@ def transfer_model(num_classes: int, *, image_size: int | None = None, trainable
     model.config = replace(model.config, num_classes=num_classes)
     model.train()
     return freeze_all_but(model, trainable_blocks) if trainable_blocks is not None else model
+
+
+def transfer_cnn(pretrained: nn.Module, num_classes: int) -> nn.Module:
+    """A copy of a trained CNN (anything with a ``head`` ``nn.Linear``, e.g. chapter 9's ``SmallResNet``)
+    with a new zero-initialised head of ``num_classes`` outputs, as :func:`transfer_model` gives the ViT.
+    The original is left untouched."""
+    head = getattr(pretrained, "head", None)
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"expected a model whose .head is an nn.Linear (e.g. SmallResNet), got {type(head).__name__}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    model = copy.deepcopy(pretrained)
+    model.head = nn.Linear(head.in_features, num_classes).to(head.weight.device)
+    nn.init.zeros_(model.head.weight)
+    nn.init.zeros_(model.head.bias)
+    if hasattr(model, "num_classes"):
+        model.num_classes = num_classes
+    return model.train()
+
+
+def equal_steps_set(data: ImageSet, steps: int, batch_size: int, *, seed: int = 0) -> ImageSet:
+    """Exactly ``steps * batch_size`` images drawn from ``data``: whole shuffled passes over it (each pass a
+    new order), the last one cut short. One epoch over the result is ``steps`` steps whatever the size of
+    ``data``, so a small labelled set and a large one train for the same number of steps with a schedule
+    that runs to its end (a small set is seen many times, a large one maybe only in part)."""
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
+    generator = torch.Generator().manual_seed(seed)
+    need = steps * batch_size
+    passes = -(-need // len(data))  # ceil
+    index = torch.cat([torch.randperm(len(data), generator=generator) for _ in range(passes)])[:need]
+    return ImageSet(data.images[index], data.labels[index], data.classes,
+                    data.source + f" ({steps} steps of {batch_size})")
 
 
 # Imbalanced classes ----------------------------------------------------------------------------
