@@ -79,6 +79,16 @@ def test_a_verdict_needs_every_seed_and_the_seed_rule_to_agree():
         verdict(clear)
 
 
+def test_spread_writes_a_share_in_points_like_its_value():
+    shares = [torch.tensor([0.2, 0.1, 0.3, 0.2] * 10), torch.tensor([0.25, 0.15, 0.2, 0.2] * 10)]
+    v = verdict(shares, compare=compare_seeds)
+    plain, points = v.spread(), v.spread(points=True)
+    assert "seed 0: +0.200," in plain and "points" not in plain
+    assert "seed 0: +20.0 points," in points and "seed 1: +20.0 points," in points
+    assert f"spread over seeds {100 * v.seeds.noise:.1f} points" in points
+    assert "no spread over seeds" in verdict(shares[:1]).spread(points=True)
+
+
 def test_a_verdict_with_a_statistic_of_several_values_per_image():
     # (B, L) values; the statistic: layer 1's mean minus layer 2's
     g = torch.Generator().manual_seed(0)

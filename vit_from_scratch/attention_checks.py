@@ -140,13 +140,18 @@ class Verdict:
         """The statistic, averaged over the seeds."""
         return sum(e.value for e in self.per_seed) / len(self.per_seed)
 
-    def spread(self) -> str:
-        """The intervals over images, one per seed, and the spread over seeds: for a sentence."""
-        text = "; ".join(f"seed {k}: {e.value:+.3f}, 95% interval over images {e.low:+.3f}..{e.high:+.3f}"
-                         for k, e in enumerate(self.per_seed))
+    def spread(self, points: bool = False) -> str:
+        """The intervals over images, one per seed, and the spread over seeds: for a sentence. ``points``:
+        the statistic is a share (an accuracy), written in percentage points like its value."""
+        def number(x: float, sign: str = "+") -> str:
+            return f"{100 * x:{sign}.1f}" if points else f"{x:{sign}.3f}"
+
+        unit = " points" if points else ""
+        text = "; ".join(f"seed {k}: {number(e.value)}{unit}, 95% interval over images "
+                         f"{number(e.low)}..{number(e.high)}" for k, e in enumerate(self.per_seed))
         if self.seeds is None:
             return text + "; one trained seed, so no spread over seeds"
-        return text + f"; spread over seeds {self.seeds.noise:.3f}"
+        return text + f"; spread over seeds {number(self.seeds.noise, '')}{unit}"
 
 
 def verdict(per_seed_values: Sequence[Tensor], statistic: Callable[[Tensor], Tensor] | None = None, *,
