@@ -192,6 +192,9 @@ def test_speed_verdict_needs_the_whole_interval_on_one_side_of_one():
     assert speed_verdict(interval(0.6, 0.9)) == "slower than"
     assert speed_verdict(interval(0.94, 1.41)) == "within timing noise of"  # a 1.02x median is not a speed-up
     assert interval(1.05, 1.4).side(4 / 3) == "includes"
+    two_rounds = median_interval([1.5, 1.6])  # both faster, but a 50% interval
+    assert speed_verdict(two_rounds) == "within timing noise of"
+    assert speed_verdict(median_interval([1.5, 1.6, 1.55, 1.7, 1.52])) == "faster than"  # 94%
 
 
 def test_growth_words_describe_the_whole_interval():

@@ -262,9 +262,15 @@ class Interval:
     coverage: float
     n: int
 
-    def side(self, threshold: float) -> str:
+    def side(self, threshold: float, min_coverage: float = 0.9) -> str:
         """``"above"`` or ``"below"`` when the whole interval lies on one side of ``threshold``, else
-        ``"includes"``: the one rule by which this chapter calls a measured difference real."""
+        ``"includes"``: the one rule by which this chapter calls a measured difference real.
+
+        An interval that covers the median with less than ``min_coverage`` (fewer than five values
+        at the default) is too short a record to call a side: it "includes" any threshold.
+        """
+        if self.coverage < min_coverage:
+            return "includes"
         if self.low > threshold:
             return "above"
         if self.high < threshold:
@@ -302,7 +308,8 @@ def median_interval(values: Iterable[float], confidence: float = 0.95) -> Interv
 
 def speed_verdict(speed: Interval) -> str:
     """Words for a speed ratio (the reference's time over this setting's): ``"faster than"`` only if the
-    whole interval lies above 1, ``"slower than"`` only if below, else ``"within timing noise of"``."""
+    whole interval lies above 1, ``"slower than"`` only if below, else ``"within timing noise of"``
+    (also when too few rounds make the interval's coverage short of 90%, see :meth:`Interval.side`)."""
     return {"above": "faster than", "below": "slower than",
             "includes": "within timing noise of"}[speed.side(1.0)]
 
