@@ -331,7 +331,6 @@ def growth_words(exponent: Interval) -> str:
     low, high = band(exponent.low), band(exponent.high)
     if low == high:
         return low
-    span = f"N^{exponent.low:.2f} to N^{exponent.high:.2f}"
     if exponent.low >= _GROWTH[0][0]:
-        return f"faster than linearly ({span})"
-    return f"at a rate these measurements do not settle ({span})"
+        return "faster than linearly"
+    return "at a rate these measurements do not settle"
