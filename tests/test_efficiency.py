@@ -7,9 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from vit_from_scratch.attention import attention
-from vit_from_scratch.efficiency import (SavedTensorMemory, TensorMemoryTracker, attention_matrix_bytes,
-                                         autocast_works, growth_exponent, interleaved_benchmark, peak_memory,
-                                         running_mean, step_noise)
+from vit_from_scratch.efficiency import (Interval, SavedTensorMemory, TensorMemoryTracker,
+                                         attention_matrix_bytes, autocast_works, block_ratios, growth_exponent,
+                                         growth_words, interleaved_benchmark, median_interval, peak_memory,
+                                         round_ratios, running_mean, speed_verdict, step_noise)
+from vit_from_scratch.runtime import Timing
 from vit_from_scratch.model import ViTConfig, VisionTransformer
 
 from _helpers import randomise
@@ -139,3 +141,68 @@ def test_interleaved_benchmark_alternates_settings_round_by_round():
     assert all(len(t.seconds) == 2 for t in timings["a"] + timings["b"])
     with pytest.raises(ValueError, match="rounds"):
         interleaved_benchmark({"a": lambda: None}, rounds=0)
+
+
+def test_round_ratios_divide_the_medians_of_each_round():
+    reference = [Timing([2.0, 2.0, 9.0]), Timing([3.0, 3.0])]
+    other = [Timing([1.0, 1.0, 1.0]), Timing([6.0, 6.0])]
+    assert round_ratios(reference, other).tolist() == [2.0, 0.5]
+    with pytest.raises(ValueError, match="same number of rounds"):
+        round_ratios(reference, other[:1])
+
+
+def test_block_ratios_pair_neighbouring_steps():
+    reference = [2.0] * 4 + [10.0] * 4  # the machine slowed down in the second half...
+    other = [1.0] * 4 + [5.0] * 4  # ...for both runs, which stay twice as fast
+    assert block_ratios(reference, other, 2).tolist() == [2.0, 2.0]
+    assert block_ratios(reference, other, 1).tolist() == [2.0]  # one median each: 6 / 3
+    with pytest.raises(ValueError, match="blocks"):
+        block_ratios(reference, other, 9)
+    with pytest.raises(ValueError, match="equal length"):
+        block_ratios(reference, other[:3], 1)
+
+
+def test_median_interval_uses_order_statistics_with_the_stated_coverage():
+    six = median_interval([5, 1, 4, 2, 6, 3])
+    assert (six.median, six.low, six.high, six.n) == (3.5, 1, 6, 6)
+    assert six.coverage == pytest.approx(1 - 2 / 2**6)  # 96.9%: six rounds reach 95%
+    five = median_interval([1, 2, 3, 4, 5])
+    assert (five.low, five.high) == (1, 5) and five.coverage == pytest.approx(1 - 2 / 2**5)  # < 95%
+    many = median_interval(range(1, 15))  # n = 14: the 3rd smallest and 3rd largest (98.7%)
+    assert (many.low, many.high) == (3, 12)
+    assert many.coverage == pytest.approx(1 - 2 * (1 + 14 + 91) / 2**14)
+    assert many.coverage >= 0.95 > 1 - 2 * (1 + 14 + 91 + 364) / 2**14  # k = 4 would fall short
+    assert median_interval([7.0]).coverage == 0.0
+    with pytest.raises(ValueError, match="at least one"):
+        median_interval([])
+
+
+def test_median_interval_holds_the_median_as_often_as_it_says():
+    rng = np.random.default_rng(0)
+    trials = [median_interval(rng.lognormal(0.0, 0.5, 9)) for _ in range(4000)]
+    hits = np.mean([t.low < 1.0 < t.high for t in trials])  # the lognormal's median is 1
+    assert hits == pytest.approx(trials[0].coverage, abs=0.015)
+
+
+def test_speed_verdict_needs_the_whole_interval_on_one_side_of_one():
+    def interval(low, high):
+        return Interval((low + high) / 2, low, high, 0.97, 6)
+
+    assert speed_verdict(interval(1.05, 1.4)) == "faster than"
+    assert speed_verdict(interval(0.6, 0.9)) == "slower than"
+    assert speed_verdict(interval(0.94, 1.41)) == "within timing noise of"  # a 1.02x median is not a speed-up
+    assert interval(1.05, 1.4).side(4 / 3) == "includes"
+    two_rounds = median_interval([1.5, 1.6])  # both faster, but a 50% interval
+    assert speed_verdict(two_rounds) == "within timing noise of"
+    assert speed_verdict(median_interval([1.5, 1.6, 1.55, 1.7, 1.52])) == "faster than"  # 94%
+
+
+def test_growth_words_describe_the_whole_interval():
+    def interval(low, high):
+        return Interval((low + high) / 2, low, high, 0.97, 6)
+
+    assert growth_words(interval(0.95, 1.05)) == "about linearly"
+    assert growth_words(interval(1.9, 2.2)) == "about quadratically"
+    assert growth_words(interval(1.6, 1.97)) == "faster than linearly"
+    assert growth_words(interval(2.4, 2.6)) == "faster than quadratically"
+    assert growth_words(interval(1.1, 1.9)) == "at a rate these measurements do not settle"

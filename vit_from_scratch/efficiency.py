@@ -17,14 +17,19 @@ how a cost grows with the number of tokens (memory and time of attention need no
 :func:`running_mean` and :func:`step_noise` say whether a loss curve fell by more than its noise (so a
 comparison of two precisions' curves can fail), and :func:`interleaved_benchmark` times several
 settings in alternating rounds, so a slow moment of a shared machine hits all of them and the spread
-of their ratio across rounds is a measured noise bar.
+of their ratio across rounds is a measured noise bar. :func:`round_ratios` and :func:`block_ratios` turn
+rounds (or blocks of steps trained in lockstep) into one ratio each, :func:`median_interval` gives their
+median with an interval that assumes nothing about the shape of the noise, and :func:`speed_verdict` and
+:func:`growth_words` are the one rule that turns such an interval into words.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,7 +43,8 @@ from .runtime import Timing, benchmark
 
 __all__ = ["SavedTensorMemory", "TensorMemoryTracker", "peak_memory",
            "attention_matrix_bytes", "autocast_works", "growth_exponent", "running_mean",
-           "step_noise", "interleaved_benchmark"]
+           "step_noise", "interleaved_benchmark", "round_ratios", "block_ratios", "Interval",
+           "median_interval", "speed_verdict", "growth_words"]
 
 
 # --------------------------------------------------------------------------- memory
@@ -218,3 +224,113 @@ def interleaved_benchmark(fns: dict[str, Callable[[], Any]], *, rounds: int = 5,
         for name, fn in fns.items():
             timings[name].append(benchmark(fn, repeats=repeats, warmup=warmup, device=device))
     return timings
+
+
+def round_ratios(numerator: Sequence[Timing], denominator: Sequence[Timing]) -> np.ndarray:
+    """One ratio of median times per round: ``numerator[r].median / denominator[r].median``.
+
+    With a reference's timings as ``numerator`` (two entries of :func:`interleaved_benchmark`), this is
+    the other setting's speed relative to the reference in each round: above 1 means faster.
+    """
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError(f"need the same number of rounds on both sides, got {len(numerator)} and "
+                         f"{len(denominator)}")
+    return np.array([a.median / b.median for a, b in zip(numerator, denominator)])
+
+
+def block_ratios(numerator: Iterable[float], denominator: Iterable[float], blocks: int) -> np.ndarray:
+    """Ratios of median step times over ``blocks`` consecutive blocks of paired steps.
+
+    For two runs trained in lockstep (step ``t`` of one, then step ``t`` of the other), a block of
+    neighbouring steps is a round: a slow moment of the machine hits both runs in it alike.
+    """
+    a, b = np.asarray(list(numerator), float), np.asarray(list(denominator), float)
+    if len(a) != len(b) or not 1 <= blocks <= len(a):
+        raise ValueError(f"need paired step times of equal length and 1 <= blocks <= steps, got "
+                         f"{len(a)} and {len(b)} steps, {blocks} blocks")
+    return np.array([np.median(x) / np.median(y)
+                     for x, y in zip(np.array_split(a, blocks), np.array_split(b, blocks))])
+
+
+@dataclass(frozen=True)
+class Interval:
+    """The median of ``n`` measurements and an interval that holds the true median with ``coverage``."""
+
+    median: float
+    low: float
+    high: float
+    coverage: float
+    n: int
+
+    def side(self, threshold: float, min_coverage: float = 0.9) -> str:
+        """``"above"`` or ``"below"`` when the whole interval lies on one side of ``threshold``, else
+        ``"includes"``: the one rule by which this chapter calls a measured difference real.
+
+        An interval that covers the median with less than ``min_coverage`` (fewer than five values
+        at the default) is too short a record to call a side: it "includes" any threshold.
+        """
+        if self.coverage < min_coverage:
+            return "includes"
+        if self.low > threshold:
+            return "above"
+        if self.high < threshold:
+            return "below"
+        return "includes"
+
+    def __str__(self) -> str:
+        return f"{self.median:.2f} ({self.coverage:.0%} interval {self.low:.2f}-{self.high:.2f}, n = {self.n})"
+
+
+def median_interval(values: Iterable[float], confidence: float = 0.95) -> Interval:
+    """The median of ``values`` and the narrowest order-statistic interval with ``confidence`` or more.
+
+    If the values are independent draws, the ``k``-th smallest and ``k``-th largest enclose the true
+    median unless ``k`` or more draws fall on one side of it: probability ``2 P(Bin(n, 1/2) < k)``,
+    whatever the shape of the noise. ``k`` is the largest with coverage ``>= confidence``; when even
+    the smallest and largest value (``k = 1``, coverage ``1 - 2^(1-n)``) fall short, that range is
+    returned with its own, lower, coverage (six values reach 95%).
+    """
+    v = np.sort(np.asarray(list(values), float))
+    n = len(v)
+    if n < 1 or not np.isfinite(v).all():
+        raise ValueError(f"need at least one finite value, got {n} values")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie between 0 and 1, got {confidence}")
+
+    def coverage(k: int) -> float:
+        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
+
+    k = 1
+    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= confidence:
+        k += 1
+    return Interval(float(np.median(v)), float(v[k - 1]), float(v[n - k]), max(coverage(k), 0.0), n)
+
+
+def speed_verdict(speed: Interval) -> str:
+    """Words for a speed ratio (the reference's time over this setting's): ``"faster than"`` only if the
+    whole interval lies above 1, ``"slower than"`` only if below, else ``"within timing noise of"``
+    (also when too few rounds make the interval's coverage short of 90%, see :meth:`Interval.side`)."""
+    return {"above": "faster than", "below": "slower than",
+            "includes": "within timing noise of"}[speed.side(1.0)]
+
+
+_GROWTH = [(1.3, "about linearly"), (1.7, "faster than linearly but slower than quadratically"),
+           (2.3, "about quadratically"), (math.inf, "faster than quadratically")]
+
+
+def growth_words(exponent: Interval) -> str:
+    """Words for a fitted growth exponent (1 linear, 2 quadratic) that the whole interval supports.
+
+    Bands: below 1.3 about linear, 1.3-1.7 in between, 1.7-2.3 about quadratic, above that faster. An
+    interval inside one band gets its words; one that spans bands but lies above 1.3 is "faster than
+    linearly"; otherwise the words say that the measurements do not settle the kind of growth.
+    """
+    def band(a: float) -> str:
+        return next(words for limit, words in _GROWTH if a < limit)
+
+    low, high = band(exponent.low), band(exponent.high)
+    if low == high:
+        return low
+    if exponent.low >= _GROWTH[0][0]:
+        return "faster than linearly"
+    return "at a rate these measurements do not settle"
