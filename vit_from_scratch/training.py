@@ -75,6 +75,7 @@ class FitResult:
     history: list[dict]
     checkpoint: Path | None  # out_dir/last.pt (written after each epoch), or None without an out_dir
     config: TrainConfig
+    trained: nn.Module | None = None  # the trained weights themselves: ``model`` unless config.ema averages them
 
 
 # --------------------------------------------------------------------------- before training
@@ -407,4 +408,4 @@ def fit(config: TrainConfig, *, train_set: ImageSet | None = None, test_set: Ima
                     f"{run.phases[run.index].lr:g} starts")
         if out is not None:
             _save(run, out)
-    return FitResult(_evaluated(run), run.history, run.checkpoint, config)
+    return FitResult(_evaluated(run), run.history, run.checkpoint, config, run.model)

@@ -49,10 +49,32 @@ def probe(overrides: dict, select_on: str = "val", data=None, device: str = "cpu
     config = preset("cifar10-cpu", **overrides)
     t0 = time.perf_counter()
     result = fit(config, train_set=train_set, test_set=eval_set, device=device, progress=False, log=log)
+    seconds = time.perf_counter() - t0
     history = named_history(result.history, name)
+    extra = end_of_run(result, train_set, eval_set, name, device)
     return {"overrides": overrides, "evaluated_on": name, f"{name}_accuracy": history[-1][f"{name}_accuracy"],
-            "train_images": len(train_set), "history": history, "seconds": time.perf_counter() - t0,
+            "train_images": len(train_set), "history": history, "seconds": seconds, **extra,
             "environment": environment_report(torch.device(device)) + f" | {torch.get_num_threads()} thread(s)"}
+
+
+CLEAN_IMAGES = 5000  # training images scored without augmentation at the end of a run
+
+
+def end_of_run(result, train_set, eval_set, name: str, device: str) -> dict:
+    """What a run's last epoch does not record: the accuracy on ``CLEAN_IMAGES`` of its own training
+    images without augmentation (fitted or not), and, when the evaluated model is a moving average of
+    the weights (``ema``), the trained weights' own accuracy, so one run answers "EMA or not" for free:
+    the average never feeds back into training."""
+    from vit_from_scratch.matched import accuracy_on
+
+    seen = train_set.subset(min(CLEAN_IMAGES, len(train_set)))  # a seeded draw of the images it trained on
+    extra = {"clean_train_accuracy": accuracy_on(result.model, seen, train_set=train_set, device=device)}
+    if result.trained is not None and result.trained is not result.model:
+        extra[f"trained_{name}_accuracy"] = accuracy_on(result.trained, eval_set, train_set=train_set,
+                                                        device=device)
+        extra["trained_clean_train_accuracy"] = accuracy_on(result.trained, seen, train_set=train_set,
+                                                            device=device)
+    return extra
 
 
 def summary(results: list[dict]) -> list[str]:
