@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vit_from_scratch.data import ImageSet
-from vit_from_scratch.learning_curve import compare_seeds, nested_subsets, stratified_order
+from vit_from_scratch.learning_curve import accuracy_interval, compare_seeds, nested_subsets, stratified_order
 
 
 def _data(per_class=(30, 30, 30), seed=0):
@@ -87,3 +87,23 @@ def test_epochs_for_steps_gives_every_size_the_same_number_of_steps():
     assert epochs_for_steps([30], 6, 25) == {30: 3} and math.ceil(30 / 25) * 3 == 6  # last batch smaller
     with pytest.raises(ValueError, match="whole epochs"):
         epochs_for_steps([250, 300], 100, 25)
+
+
+def test_accuracy_interval_is_wilsons():
+    # 79 of 100: Wilson's 95% interval is 0.7002-0.8584 (e.g. statsmodels' proportion_confint, method wilson)
+    low, high = accuracy_interval(79, 100)
+    assert low == pytest.approx(0.70020, abs=1e-4) and high == pytest.approx(0.85835, abs=1e-4)
+    # it narrows as 1/sqrt(n) and holds the observed accuracy
+    low4, high4 = accuracy_interval(7954, 10_000)
+    assert low4 < 0.7954 < high4 and 0.015 < high4 - low4 < 0.017
+    # at the edges it stays inside [0, 1] and keeps a width
+    assert accuracy_interval(0, 50)[0] == 0.0 and accuracy_interval(0, 50)[1] > 0.05
+    assert accuracy_interval(50, 50)[1] == 1.0 and accuracy_interval(50, 50)[0] < 0.95
+    assert accuracy_interval(79, 100, confidence=0.99)[0] < low
+
+
+@pytest.mark.parametrize("args, message", [((5, 0), "n >= 1"), ((11, 10), "correct <= n"), ((-1, 10), "0 <= correct"),
+                                           ((5, 10, 1.5), "strictly between 0 and 1")])
+def test_accuracy_interval_refuses_bad_counts(args, message):
+    with pytest.raises(ValueError, match=message):
+        accuracy_interval(*args)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from .data import ImageSet
 
-__all__ = ["Comparison", "compare_seeds", "epochs_for_steps", "nested_subsets", "stratified_order"]
+__all__ = ["Comparison", "accuracy_interval", "compare_seeds", "epochs_for_steps", "nested_subsets", "stratified_order"]
 
 
 def stratified_order(labels: Tensor, *, seed: int = 0) -> Tensor:
@@ -117,3 +118,21 @@ def compare_seeds(a: Sequence[float], b: Sequence[float], *, n_images: int | Non
         se = math.sqrt((mean_a * (1 - mean_a) + mean_b * (1 - mean_b)) / n_images)
         noise = max(noise, 2 * se)
     return Comparison(mean_a, mean_b, noise)
+
+
+def accuracy_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of an accuracy, ``correct`` right out of ``n`` images.
+
+    It is what ``n`` test images can say about the accuracy on every image like them: the images vary,
+    the model is fixed (a second seed varies the model, which this interval does not cover). Unlike
+    ``p +- z sqrt(p (1 - p) / n)`` it stays inside [0, 1] and is not zero-width at 0 or ``n`` right.
+    """
+    if n < 1 or not 0 <= correct <= n:
+        raise ValueError(f"need 0 <= correct <= n and n >= 1 (counts of images), got correct={correct}, n={n}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence is a probability strictly between 0 and 1, e.g. 0.95; got {confidence}")
+    z = NormalDist().inv_cdf((1 + confidence) / 2)
+    p, z2 = correct / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
