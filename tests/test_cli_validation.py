@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from _tiny_runs import TEST, TINY_MODEL, TRAIN, tiny_config, write_image_folder
-from vit_from_scratch import cli, training
-from vit_from_scratch.data import ImageSet, load_cifar10, standard_validation_split, validation_split
+from vit_from_scratch import cli, evaluation, training
+from vit_from_scratch.data import ImageSet, load_cifar10, validation_split
+from vit_from_scratch.evaluation import standard_validation_split
 from vit_from_scratch.matched import accuracy_on
 
 
@@ -22,7 +23,7 @@ def data_dir(tmp_path_factory):
 def seen(monkeypatch):
     """What the command line gave ``fit`` and the number of images of every evaluation ``fit`` made."""
     record = {"fit": [], "evaluated": [], "result": None}
-    real_fit, real_evaluate = cli.fit, training.evaluate
+    real_fit, real_evaluate = cli.fit, evaluation.evaluate
 
     def fit(*args, **kwargs):
         record["fit"].append(kwargs)
@@ -35,7 +36,7 @@ def seen(monkeypatch):
         return numbers
 
     monkeypatch.setattr(cli, "fit", fit)
-    monkeypatch.setattr(training, "evaluate", evaluate)
+    monkeypatch.setattr(evaluation, "evaluate", evaluate)
     return record
 
 

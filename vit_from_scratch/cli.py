@@ -28,12 +28,13 @@ from dataclasses import fields
 from pathlib import Path
 
 from .checkpoints import WEIGHTS_DIR, check_export_name, export_weights
-from .data import load_cifar10, standard_validation_split
+from .data import load_cifar10
 from .parallel import SingleProcess
 from .recipe import PRESETS, TrainConfig, preset
 from .runtime import environment_report, pick_device
 from .checkpoints import prepare_out_dir
-from .training import EVALUATED_ON, fit
+from .evaluation import EVALUATED_ON, standard_validation_split
+from .training import fit
 
 # What a run can meet that is the user's to fix (a folder, a file, an option, a device, a NaN):
 # one line each; --debug shows the traceback.

@@ -29,13 +29,11 @@ from .runtime import network_available
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "ImageSet", "default_data_dir", "find_image_folder",
     "load_image_folder", "check_classes", "to_8bit", "load_cifar10", "channel_stats", "normalize", "resize_images",
-    "validation_split", "VALIDATION_SIZE", "VALIDATION_SEED", "standard_validation_split",
+    "validation_split", "VALIDATION_SIZE", "VALIDATION_SEED",
 ]
 
-# The book's validation split: 5,000 of CIFAR-10's 50,000 training images, seed 0. Every chapter, probe and
-# the command line choose on it: ``validation_split(train, VALIDATION_SIZE, seed=VALIDATION_SEED)``.
-VALIDATION_SIZE = 5000
-VALIDATION_SEED = 0
+# The book's validation split, every chapter's, probe's and the command line's: 5,000 of CIFAR-10's 50,000
+VALIDATION_SIZE, VALIDATION_SEED = 5000, 0  # training images, seed 0: validation_split(train, 5000, seed=0)
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # Statistics of the original CIFAR-10 training set (per channel, pixel values in [0, 1]).
@@ -409,14 +407,3 @@ def validation_split(data: ImageSet, size: int | float = 0.1, *, seed: int = 0) 
     held = ImageSet(data.images[val], data.labels[val], data.classes,
                     data.source + f" (validation part of {count}, seed {seed})")
     return train, held
-
-
-def standard_validation_split(data: ImageSet) -> tuple[ImageSet, ImageSet]:
-    """``(train, validation)`` as the command line splits ``data``, the training images: the book's split,
-    :data:`VALIDATION_SIZE` images with seed :data:`VALIDATION_SEED` (CIFAR-10's 45,000 + 5,000). A set of
-    fewer than 10 x VALIDATION_SIZE images (a quick run's, a test's) holds out a tenth of it instead, so that
-    the size changes continuously and CIFAR-10 gets exactly the chapters' split."""
-    if len(data) < 10:
-        raise ValueError(f"{len(data)} training images are too few to hold a tenth out for validation; use at "
-                         "least 10, or evaluate on the test set instead (--monitor test)")
-    return validation_split(data, min(VALIDATION_SIZE, round(len(data) / 10)), seed=VALIDATION_SEED)
