@@ -41,7 +41,7 @@ def test_errors_are_one_clear_line_without_a_traceback(tmp_path, data_dir, capsy
         "data folder": (_args(tmp_path / "missing", out), 1, "missing"),
         "model field": (_args(data_dir, out, "--model", '{"depht": 2}'), 2, "unknown ViTConfig field"),
         "cuda": (_args(data_dir, out, "--device", "cuda"), 1, "CUDA is not available"),
-        "batch": (_args(data_dir, out, "--batch-size", "500"), 1, "96 training images"),
+        "batch": (_args(data_dir, out, "--batch-size", "500"), 1, "86 training images"),  # 10 held out
         "subset": (_args(data_dir, out, "--train-subset", "0"), 2, "--train-subset must be a positive"),
         "export name": (_args(data_dir, out, "--export", "../elsewhere"), 1, "plain name"),
     }[case]

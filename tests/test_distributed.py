@@ -150,6 +150,11 @@ def test_the_command_line_runs_under_torchrun(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("epoch   1/1") == 1  # one log line: rank 0's
     assert (tmp_path / "run" / "last.pt").exists()
+    # validation after every epoch, the test set once at the end, every rank evaluating its shard of it
+    assert "| val loss" in done.stdout and json.loads((tmp_path / "run" / "test.json").read_text())["images"] == 30
+    again = subprocess.run(run + ["--resume", "--max-steps", "0"], capture_output=True, text=True, env=env,
+                           timeout=120)  # every rank learns from rank 0 that test.json holds the numbers
+    assert again.returncode == 0 and "the test set is not read again" in again.stdout, again.stderr[-2000:]
 
 
 def test_the_one_process_command_refuses_to_run_under_torchrun(monkeypatch, capsys):

@@ -220,7 +220,8 @@ def test_cli_tiny_run_end_to_end(tmp_path, capsys):
             "--model", json.dumps(TINY_MODEL), "--epochs", "2", "--batch-size", "16", "--no-progress", "--low-res-epochs", "1", "--low-res-size", "8"]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
-    assert "epoch   2/2" in out and "done: test accuracy" in out and "moves from 8 to 16 px" in out
+    assert "epoch   2/2" in out and "done: validation accuracy" in out and "moves from 8 to 16 px" in out
+    assert "; test accuracy" in out and (tmp_path / "run" / "test.json").exists()  # read once, at 16 px
     assert cli.main(args + ["--resume"]) == 0  # already finished: resumes and does nothing more
     assert cli.main(args + ["--resume", "--lr", "0.5"]) == 1
     assert "another configuration" in capsys.readouterr().err

@@ -34,7 +34,7 @@ from .runtime import pick_device
 __all__ = [
     "WEIGHTS_DIR", "CheckpointError", "atomic_write", "check_writable", "check_room", "remove_stale_temporaries",
     "checkpoint_bytes", "rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint", "check_export_name",
-    "export_weights", "file_sha256", "load_trained_model", "runs_folder", "RUN_FILES", "prepare_out_dir",
+    "export_weights", "file_sha256", "load_trained_model", "runs_folder", "RUN_FILES", "TEST_FILE", "prepare_out_dir",
     "data_differences", "refuse_other_run",
 ]
 
@@ -131,7 +131,8 @@ def check_room(folder: str | os.PathLike, nbytes: int, replaces: str | os.PathLi
 
 # --------------------------------------------------------------------------- a run's folder
 
-RUN_FILES = ("last.pt", "history.json")  # what a training run writes into its output folder
+TEST_FILE = "test.json"  # a finished run's test numbers, read once after its last epoch (fit's final_test_set)
+RUN_FILES = ("last.pt", "history.json", TEST_FILE)  # what a training run writes into its output folder
 
 
 def prepare_out_dir(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool = False,

@@ -1,8 +1,12 @@
 """Train a Vision Transformer from the command line: ``python -m vit_from_scratch.cli --help``.
 
+By default it trains on 45,000 training images and evaluates on the other 5,000 (the book's
+validation split) after every epoch; the test set is read once, after the last epoch (OUT/test.json).
+
 Examples:
     python -m vit_from_scratch.cli --preset cifar10-cpu --out runs/cifar10
     python -m vit_from_scratch.cli --preset cifar10-cpu --out runs/cifar10 --resume
+    python -m vit_from_scratch.cli --preset cifar10-cpu --monitor test   # as chapter 6's final run
     python -m vit_from_scratch.cli --preset cifar10-gpu --epochs 50 --compile
     python -m vit_from_scratch.cli --out runs/cifar10 --resume --max-steps 0 --export my_vit
 
@@ -24,10 +28,12 @@ from dataclasses import fields
 from pathlib import Path
 
 from .checkpoints import WEIGHTS_DIR, check_export_name, export_weights
+from .data import load_cifar10
 from .parallel import SingleProcess
 from .recipe import PRESETS, TrainConfig, preset
 from .runtime import environment_report, pick_device
 from .checkpoints import prepare_out_dir
+from .evaluation import EVALUATED_ON, standard_validation_split
 from .training import fit
 
 # What a run can meet that is the user's to fix (a folder, a file, an option, a device, a NaN):
@@ -58,7 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", default="cifar10-cpu", choices=sorted(PRESETS),
                         help="starting point for every option below (default: cifar10-cpu, the chapter's run)")
     parser.add_argument("--out", type=Path, default=Path("runs/cifar10"),
-                        help="folder for last.pt (written atomically every epoch) and history.json")
+                        help="folder for last.pt (written atomically every epoch), history.json and test.json")
+    parser.add_argument("--monitor", default="validation", metavar="{validation,test}",
+                        help="the set evaluated after every epoch. validation (default): train on all training "
+                             "images but a held-out 5,000 (the book's split, seed 0; a tenth of a smaller set), "
+                             "evaluate on those, and read the test set once, after the schedule's last epoch, "
+                             "into OUT/test.json (a resume of the finished run reports that file). test: train "
+                             "on all training images and evaluate on the test set after every epoch, for the "
+                             "curves of a recipe already chosen (chapter 6's final run, "
+                             "tests/benchmarks/seed_run.py)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt exactly where it stopped")
     parser.add_argument("--overwrite", action="store_true", help="delete the run in OUT and start over")
     parser.add_argument("--data-dir", type=Path, default=None,
@@ -112,6 +126,9 @@ def _train(args: argparse.Namespace, argv: list[str], parallel: SingleProcess) -
     try:
         config = config_from_args(args)
         parallel.check(config)
+        if args.monitor not in EVALUATED_ON:
+            raise ValueError(f"--monitor must be validation or test, got {args.monitor!r}: validation to choose "
+                             "and read the test set once at the end, test to evaluate on it after every epoch")
     except (ValueError, TypeError) as error:
         print(f"error: {_naming_the_option(error)}", file=sys.stderr)
         return 2
@@ -123,30 +140,59 @@ def _train(args: argparse.Namespace, argv: list[str], parallel: SingleProcess) -
         prepare_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
         print(environment_report(device))
         print("config:", json.dumps(config.to_dict()))
-    train_set = test_set = None
-    if args.data_dir is not None:
-        from .data import load_cifar10
-
-        train_set, test_set = load_cifar10(args.data_dir)
-    result = fit(config, train_set=train_set, test_set=test_set, out_dir=args.out, resume=args.resume,
+    train_set, test_set = load_cifar10(args.data_dir)
+    evaluated, final = test_set, None
+    if args.monitor == "validation":  # carved before --train-subset / --test-subset take their slices
+        train_set, evaluated = standard_validation_split(train_set)
+        final = test_set
+    if main:
+        print(_data_line(config, train_set, evaluated, final))
+    result = fit(config, train_set=train_set, test_set=evaluated, out_dir=args.out, resume=args.resume,
                  device=device, progress=not args.no_progress,  # the folder is prepared: overwrite is done
-                 parallel=parallel)
-    last = result.history[-1] if result.history else None
+                 parallel=parallel, evaluated_on=args.monitor, final_test_set=final)
     if not main:
         return 0
-    if last:
-        when = (f"{last['step']} steps (stopped inside epoch {last['epoch']} by --max-steps; --resume continues it)"
-                if last.get("partial") else f"{last['epoch']} epochs")
-        print(f"done: test accuracy {last['test_accuracy']:.4f} after {when}; checkpoint {result.checkpoint}")
+    done = _done_line(result, args.monitor, config.epochs)
+    if done:
+        print(done)
     if args.export:
         if not result.checkpoint.exists():
             print(f"error: nothing to export: no checkpoint was written to {args.out} (no epoch was trained); "
                   "to export a finished run, add --resume", file=sys.stderr)
             return 1
+        test = {k: v for k, v in (result.final_test or {}).items() if k != "config"}  # the history is validation's
         path = export_weights(result.checkpoint, args.export, directory=args.export_dir,
-                              overwrite=args.overwrite_export, note=f"python -m vit_from_scratch.cli {' '.join(argv)}")
+                              overwrite=args.overwrite_export, note=f"python -m vit_from_scratch.cli {' '.join(argv)}",
+                              extra={"final_test": test} if test else None)
         print(f"exported {path}")
     return 0
+
+
+def _data_line(config: TrainConfig, train, evaluated, final) -> str:
+    """What the run trains on and evaluates on, in images (after --train-subset and --test-subset)."""
+    def n(data, subset):
+        return len(data) if subset is None else min(subset, len(data))
+
+    trains, evals = n(train, config.train_subset), n(evaluated, config.test_subset)
+    if final is None:
+        return f"data: trains on {trains} training images, evaluates on {evals} test images after every epoch"
+    return (f"data: trains on {trains} training images, evaluates on {evals} validation images held out of the "
+            f"training images after every epoch; reads {n(final, config.test_subset)} test images once, after "
+            "the last epoch")
+
+
+def _done_line(result, monitor: str, epochs: int) -> str | None:
+    """``done: validation accuracy 0.xxxx after N epochs; test accuracy 0.xxxx (read once, at the end); ...``"""
+    if not result.history:
+        return None
+    last = result.history[-1]
+    when = (f"{last['step']} steps (stopped inside epoch {last['epoch']} by --max-steps; --resume continues it)"
+            if last.get("partial") else f"{last['epoch']} epochs")
+    line = f"done: {monitor} accuracy {last['test_accuracy']:.4f} after {when}"
+    if monitor == "validation":
+        line += (f"; test accuracy {result.final_test['accuracy']:.4f} (read once, at the end)" if result.final_test
+                 else f"; the test set is read once the schedule's last epoch ({epochs}) ends")
+    return line + f"; checkpoint {result.checkpoint}"
 
 
 def main(argv: list[str] | None = None) -> int:

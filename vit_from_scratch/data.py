@@ -29,8 +29,11 @@ from .runtime import network_available
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "ImageSet", "default_data_dir", "find_image_folder",
     "load_image_folder", "check_classes", "to_8bit", "load_cifar10", "channel_stats", "normalize", "resize_images",
-    "validation_split",
+    "validation_split", "VALIDATION_SIZE", "VALIDATION_SEED",
 ]
+
+# The book's validation split, every chapter's, probe's and the command line's: 5,000 of CIFAR-10's 50,000
+VALIDATION_SIZE, VALIDATION_SEED = 5000, 0  # training images, seed 0: validation_split(train, 5000, seed=0)
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # Statistics of the original CIFAR-10 training set (per channel, pixel values in [0, 1]).

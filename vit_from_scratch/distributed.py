@@ -12,7 +12,7 @@ many-process answers, so ``training.fit`` runs unchanged:
   stays the global batch and the learning-rate schedule is laid out in global steps;
 * training and test numbers are sums over the processes (correct counts, summed losses), and every
   test image is counted once: shards are padded to equal length with images labelled -100;
-* only rank 0 shows progress, logs and writes ``last.pt``/``history.json`` (atomically); the
+* only rank 0 shows progress, logs and writes ``last.pt``/``history.json``/``test.json`` (atomically); the
   checkpoint holds full, unsharded weights and every rank's random state, so ``--resume`` restores
   every process and the weights load into a plain :class:`~vit_from_scratch.model.VisionTransformer`.
 

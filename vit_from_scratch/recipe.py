@@ -69,8 +69,10 @@ class TrainConfig:
                             "fp16, off")
     compile: bool = _opt(False, "torch.compile the model")
     grad_checkpointing: bool = _opt(False, "recompute activations in the backward pass to save memory")
-    train_subset: int | None = _opt(None, "use only this many training images (a fixed random subset)")
-    test_subset: int | None = _opt(None, "evaluate on only this many test images")
+    train_subset: int | None = _opt(None, "use only this many training images (a fixed random subset; of those "
+                                          "left after a validation split)")
+    test_subset: int | None = _opt(None, "evaluate on only this many images of the evaluated set (a fixed random "
+                                         "subset; of the validation set and of the test set read at the end)")
     max_steps: int | None = _opt(None, "stop after this many optimiser steps in all (the schedule still spans all "
                                        "epochs; 0: train nothing)")
     seed: int = _opt(0, "seed for weights, data order and augmentation")

@@ -2,11 +2,12 @@
 ``python -m vit_from_scratch.cli`` call.
 
 ``fit`` is a short loop over epochs that calls named steps: enter a phase (the model at that phase's
-image size, its loaders, a fresh warmup + cosine), train one epoch, evaluate, save. Checkpoints
-(:mod:`.checkpoints`) are written atomically and hold everything needed to resume exactly, across
-progressive resizing's change of size too. Before the first step the output folder is checked:
-writable, room for a checkpoint's atomic replace, and no earlier run unless it is resumed or explicitly
-overwritten. A run stopped by ``max_steps`` inside an epoch resumes inside that epoch.
+image size, its loaders, a fresh warmup + cosine), train one epoch, evaluate (the test set or a validation
+split, and then the test set once: :mod:`.evaluation`), save. Checkpoints (:mod:`.checkpoints`) are written
+atomically and hold everything needed to resume exactly, across progressive resizing's change of size too.
+Before the first step the output folder is checked: writable, room for a checkpoint's atomic replace, and no
+earlier run unless it is resumed or explicitly overwritten. A run stopped by ``max_steps`` inside an epoch
+resumes inside that epoch.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .averaging import WeightAverage
 from .checkpoints import (CheckpointError, atomic_write, check_room, checkpoint_bytes, data_differences,
                           load_checkpoint, prepare_out_dir, refuse_other_run, rng_state, save_checkpoint, set_rng_state)
 from .data import ImageSet, channel_stats, check_classes, load_cifar10, resize_images
+from .evaluation import LOG_NAMES, check_evaluated_on, evaluate, evaluate_shards, refuse_other_set, test_once
 from .loaders import make_loader, mixup_cutmix
 from .model import VisionTransformer, to_resolution
 from .parallel import SingleProcess
@@ -36,37 +38,8 @@ from .runtime import pick_device, seed_offset
 __all__ = ["evaluate", "fit", "FitResult", "NonFiniteLossError"]
 
 
-
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint, if one was written, is kept."""
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, *, device: torch.device | str | None = None, amp: str = "auto",
-             return_predictions: bool = False) -> dict:
-    """Mean cross-entropy and accuracy over ``loader``; optionally every prediction and label."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    dtype = autocast_dtype(amp, device)
-    was_training = model.training
-    model.eval()
-    loss_sum, correct, count, preds, labels_all = 0.0, 0, 0, [], []
-    for images, labels in loader:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(images)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-        pred = logits.argmax(dim=1)
-        correct += (pred == labels).sum().item()
-        count += (labels >= 0).sum().item()  # labels < 0 pad a shard (cross_entropy ignores -100)
-        if return_predictions:
-            preds.append(pred.cpu())
-            labels_all.append(labels.cpu())
-    model.train(was_training)
-    result = {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1), "count": count,
-              "loss_sum": loss_sum, "correct": correct}
-    if return_predictions:
-        result["predictions"], result["labels"] = torch.cat(preds), torch.cat(labels_all)
-    return result
 
 
 @dataclass
@@ -76,13 +49,20 @@ class FitResult:
     checkpoint: Path | None  # out_dir/last.pt (written after each epoch), or None without an out_dir
     config: TrainConfig
     trained: nn.Module | None = None  # the trained weights themselves: ``model`` unless config.ema averages them
+    final_test: dict | None = None  # final_test_set's numbers (test.json's) once the schedule finished, else None
 
 
 # --------------------------------------------------------------------------- before training
 
 
-def _training_data(config: TrainConfig, train_set: ImageSet | None,
-                   test_set: ImageSet | None) -> tuple[ImageSet, ImageSet]:
+def _check_arguments(resume: bool, out_dir, evaluated_on: str, test_set: ImageSet | None) -> None:
+    if resume and out_dir is None:
+        raise ValueError("resume=True continues the run in out_dir; give out_dir")
+    check_evaluated_on(evaluated_on, test_set)
+
+
+def _training_data(config: TrainConfig, train_set: ImageSet | None, test_set: ImageSet | None,
+                   final_test_set: ImageSet | None = None) -> tuple[ImageSet, ImageSet, ImageSet | None]:
     """The run's subsets, checked: classes match the model, and an epoch holds at least one step."""
     if train_set is None or test_set is None:
         loaded = load_cifar10()
@@ -97,11 +77,14 @@ def _training_data(config: TrainConfig, train_set: ImageSet | None,
                          f"one batch of {config.batch_size}; use a batch size of at most {max(1, len(train_set))} "
                          "or more training images")
     check_classes(train_set.classes, test_set.classes, f"the test set ({test_set.source or 'test_set'})")
+    if final_test_set is not None:
+        final_test_set = final_test_set.subset(config.test_subset, seed=config.seed + 1)
+        check_classes(train_set.classes, final_test_set.classes, f"the final test set ({final_test_set.source})")
     num_classes = config.model.num_classes
     if num_classes != len(train_set.classes):
         raise ValueError(f"the model has {num_classes} classes but the data has {len(train_set.classes)} "
                          f"({', '.join(train_set.classes)}); set model.num_classes")
-    return train_set, test_set
+    return train_set, test_set, final_test_set
 
 
 # --------------------------------------------------------------------------- the run and its steps
@@ -136,6 +119,7 @@ class _Run:
     optimizer: Any = None
     scheduler: Any = None
     average: WeightAverage | None = None  # config.ema's average of the weights, which is evaluated
+    evaluated_on: str = "test"  # what test_set is: "test", or "validation" carved from the training images
 
     def __post_init__(self) -> None:
         self.phases = self.config.phases()
@@ -169,7 +153,7 @@ def _enter_phase(run: _Run, index: int) -> None:
 
 
 def _start(config: TrainConfig, train_set: ImageSet, test_set: ImageSet, device: torch.device,
-           model: nn.Module | None, out: Path | None, resume: bool, parallel: SingleProcess) -> _Run:
+           model: nn.Module | None, out: Path | None, resume: bool, parallel: SingleProcess, evaluated_on: str) -> _Run:
     """A new run, or the one in ``out/last.pt`` restored exactly, in the phase of its next epoch."""
     phases = config.phases()
     if model is not None and len(phases) > 1 and not isinstance(model, VisionTransformer):
@@ -183,7 +167,8 @@ def _start(config: TrainConfig, train_set: ImageSet, test_set: ImageSet, device:
     model = model.to(device)
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    run = _Run(config, device, train_set, test_set, mean, std, model, out / "last.pt" if out else None, parallel)
+    run = _Run(config, device, train_set, test_set, mean, std, model, out / "last.pt" if out else None, parallel,
+               evaluated_on=evaluated_on)
     parallel.seed(config.seed)  # after the weights, which every process draws alike
     if not resume:
         _enter_phase(run, 0)
@@ -194,6 +179,7 @@ def _start(config: TrainConfig, train_set: ImageSet, test_set: ImageSet, device:
         raise CheckpointError(f"{run.checkpoint} is not a training checkpoint (it lacks "
                               f"{sorted(needed - set(state))}); resume from another run's last.pt, or start over "
                               "with --overwrite")
+    refuse_other_set(run.checkpoint, state["history"], run.evaluated_on)
     refuse_other_run(run.checkpoint, config_differences(state["config"], config),
                      data_differences(state, mean, std, train_set.classes))
     own = parallel.own(state)  # this process's random state; refused if another number of processes wrote it
@@ -312,11 +298,11 @@ def _record(run: _Run, train: dict, test: dict, eval_time: float, log) -> None:
               "train_loss": train["train_loss"], "train_accuracy": train["train_accuracy"],
               "test_loss": test["loss"], "test_accuracy": test["accuracy"], "lr": run.scheduler.get_last_lr()[0],
               "images_per_s": train["images_per_s"], "epoch_time_s": train["epoch_time_s"], "eval_time_s": eval_time,
-              **({} if finished else {"partial": True})}
+              "evaluated_on": run.evaluated_on, **({} if finished else {"partial": True})}
     run.history.append(record)
     if log:
         log(f"epoch {record['epoch']:3d}/{run.config.epochs} | train loss {record['train_loss']:.3f} "
-            f"acc {record['train_accuracy']:.3f} | test loss {record['test_loss']:.3f} "
+            f"acc {record['train_accuracy']:.3f} | {LOG_NAMES[run.evaluated_on]} loss {record['test_loss']:.3f} "
             f"acc {record['test_accuracy']:.3f} | lr {record['lr']:.2e} | {record['images_per_s']:.0f} img/s "
             f"| {record['epoch_time_s']:.0f} s"
             + ("" if finished else f" | stopped at step {run.step} by max_steps; --resume continues this epoch"))
@@ -324,6 +310,19 @@ def _record(run: _Run, train: dict, test: dict, eval_time: float, log) -> None:
 
 def _evaluated(run: _Run) -> nn.Module:
     return run.model if run.average is None else run.average.model
+
+
+def _final_test(run: _Run, test_set: ImageSet | None, out: Path | None, log) -> dict | None:
+    """The finished schedule's test numbers (:func:`.evaluation.test_once`); ``None`` before its last epoch."""
+    if test_set is None or run.epoch < run.config.epochs:
+        return None
+    size = run.phases[run.index].image_size
+    data = test_set if size == run.config.model.image_size else resize_images(test_set, size)
+    facts = {"epoch": run.epoch, "step": run.step,
+             "trained_on": {"images": len(run.train_set), "source": run.train_set.source},
+             "monitored_on": {"set": run.evaluated_on, "images": len(run.test_set)}, "config": run.config.to_dict()}
+    return test_once(_evaluated(run), data, mean=run.mean, std=run.std, device=run.device, amp=run.config.amp,
+                     parallel=run.parallel, out=out, facts=facts, log=log)
 
 
 def _save(run: _Run, out: Path) -> None:
@@ -342,7 +341,7 @@ def _save(run: _Run, out: Path) -> None:
                     classes=list(run.train_set.classes),
                     **({"average": run.average.state_dict()} if run.average is not None else {}))
     summary = {"config": run.config.to_dict(), "classes": list(run.train_set.classes), "mean": run.mean,
-               "std": run.std, "history": run.history}
+               "std": run.std, "evaluated_on": run.evaluated_on, "history": run.history}
     atomic_write(lambda tmp: tmp.write_text(json.dumps(summary, indent=1)), out / "history.json")
 
 
@@ -353,8 +352,8 @@ def fit(config: TrainConfig, *, train_set: ImageSet | None = None, test_set: Ima
         out_dir: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
         device: torch.device | str | None = None, stop_after_epochs: int | None = None, progress: bool = True,
         log: Callable[[str], Any] | None = print, model: nn.Module | None = None,
-        loss_fn: Callable[[Any, Tensor, Tensor], Tensor] | None = None,
-        parallel: SingleProcess | None = None) -> FitResult:
+        loss_fn: Callable[[Any, Tensor, Tensor], Tensor] | None = None, parallel: SingleProcess | None = None,
+        evaluated_on: str = "test", final_test_set: ImageSet | None = None) -> FitResult:
     """Train a :class:`VisionTransformer` with ``config`` and return it with its history.
 
     Args:
@@ -363,8 +362,10 @@ def fit(config: TrainConfig, *, train_set: ImageSet | None = None, test_set: Ima
             Its output may be a tuple in training mode; accuracy is read from the first element.
         loss_fn: ``loss_fn(output, targets, images) -> loss`` replaces the label-smoothed cross-entropy
             (``images`` are the augmented inputs, e.g. for a distillation teacher).
-        train_set, test_set: decoded data (default: CIFAR-10 from ``VIT_DATA_DIR``).
-        out_dir: where ``last.pt`` (atomic, every epoch) and ``history.json`` go; ``None``: nowhere.
+        train_set, test_set: decoded data (default: CIFAR-10 from ``VIT_DATA_DIR``); test_set: every epoch.
+        evaluated_on: what ``test_set`` is, "test" or "validation": in every history record and log line.
+        final_test_set: read once after the schedule's last epoch (:func:`.evaluation.test_once`, test.json).
+        out_dir: where ``last.pt`` (atomic, every epoch), ``history.json`` and ``test.json`` go; ``None``: nowhere.
             A folder that already holds a run is refused unless ``resume`` or ``overwrite``.
         resume: continue from ``out_dir/last.pt``, exactly (inside an epoch that ``max_steps`` stopped, too);
             refused if that run's config, training data (normalisation, classes) or number of processes differs.
@@ -376,8 +377,7 @@ def fit(config: TrainConfig, *, train_set: ImageSet | None = None, test_set: Ima
         parallel: the processes this run shares (default: this one alone); chapter 11's
             ``Distributed`` runs it on many, with progress, log and files on the main one only.
     """
-    if resume and out_dir is None:
-        raise ValueError("resume=True continues the run in out_dir; give out_dir")
+    _check_arguments(resume, out_dir, evaluated_on, test_set)
     parallel = parallel or SingleProcess()
     parallel.check(config)
     main = parallel.is_main  # the others neither prepare nor write the folder, show nor log
@@ -385,8 +385,8 @@ def fit(config: TrainConfig, *, train_set: ImageSet | None = None, test_set: Ima
         else Path(out_dir)
     log, progress = (log, progress) if main else (None, False)
     device = torch.device(device) if device is not None else pick_device()
-    train_set, test_set = _training_data(config, train_set, test_set)
-    run = _start(config, train_set, test_set, device, model, out, resume, parallel)
+    train_set, test_set, final_test_set = _training_data(config, train_set, test_set, final_test_set)
+    run = _start(config, train_set, test_set, device, model, out, resume, parallel, evaluated_on)
     if out is not None and main:
         check_room(out, checkpoint_bytes(run.model), replaces=run.checkpoint)
     if resume and log:
@@ -396,9 +396,7 @@ def fit(config: TrainConfig, *, train_set: ImageSet | None = None, test_set: Ima
     while run.epoch < end and not _steps_done(run):
         train = _train_one_epoch(run, loss_fn, progress)
         t0 = time.perf_counter()
-        test = evaluate(_evaluated(run), run.test_loader, device=device, amp=config.amp)
-        loss_sum, correct, count = parallel.sum([test["loss_sum"], test["correct"], test["count"]])
-        test = {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1)}  # each image once
+        test = evaluate_shards(_evaluated(run), run.test_loader, device=device, amp=config.amp, parallel=parallel)
         _record(run, train, test, time.perf_counter() - t0, log)
         if run.epoch == run.phases[run.index].end_epoch and run.index + 1 < len(run.phases):
             _enter_phase(run, run.index + 1)
@@ -408,4 +406,5 @@ def fit(config: TrainConfig, *, train_set: ImageSet | None = None, test_set: Ima
                     f"{run.phases[run.index].lr:g} starts")
         if out is not None:
             _save(run, out)
-    return FitResult(_evaluated(run), run.history, run.checkpoint, config, run.model)
+    final = _final_test(run, final_test_set, out, log)
+    return FitResult(_evaluated(run), run.history, run.checkpoint, config, run.model, final)

@@ -5,6 +5,7 @@
 #   2. the cifar10-gpu preset itself, at its 100 epochs if the smoke run's speed says they fit in
 #      TRAIN_BUDGET_S seconds, else at the most epochs that fit (the history says which);
 #   3. our model against timm's, training and inference throughput (bench_throughput.py), if time is left.
+# Both runs keep the test set after every epoch (--monitor test), as when their committed results were made.
 # Usage (repository root, CIFAR-10's archive at $ARCHIVE):  bash tests/benchmarks/gpu_session.sh OUTDIR
 # Writes OUTDIR/session.log, OUTDIR/cifar10-gpu-<gpu>.json (history, hardware, wall time) and
 # OUTDIR/throughput-<gpu>.json.
@@ -28,7 +29,7 @@ RUNS=/dev/shm/vit-runs; [ -d /dev/shm ] || RUNS=$(mktemp -d)
 rm -rf "$RUNS"; mkdir -p "$RUNS"
 
 echo "== 1. smoke: 2 epochs of cifar10-gpu ($(left) s left)"
-timeout 200 python -m vit_from_scratch.cli --preset cifar10-gpu --epochs 2 \
+timeout 200 python -m vit_from_scratch.cli --preset cifar10-gpu --epochs 2 --monitor test \
   --data-dir "$DATA" --out "$RUNS/smoke" --no-progress || { echo "smoke run failed"; exit 1; }
 EPOCHS=$(python - "$RUNS/smoke/history.json" "$TRAIN_BUDGET_S" <<'EOF'
 import json, math, sys
@@ -44,7 +45,7 @@ EOF
 echo "== 2. cifar10-gpu, $EPOCHS epochs ($(left) s left)"
 start=$SECONDS
 t=$(( $(left) - 45 )); [ $t -gt 10 ] || t=10
-timeout $t python -m vit_from_scratch.cli --preset cifar10-gpu --epochs "$EPOCHS" \
+timeout $t python -m vit_from_scratch.cli --preset cifar10-gpu --epochs "$EPOCHS" --monitor test \
   --data-dir "$DATA" --out "$RUNS/preset" --no-progress
 rc=$?
 wall=$((SECONDS - start))

@@ -2,7 +2,8 @@
 
 Probes choose the recipe, so they never see the test set. ``probe_sets("val")`` (every probe's default,
 ``--select-on val``) trains on 45,000 training images and evaluates on the other 5,000, the fixed, seeded,
-class-stratified split of :func:`vit_from_scratch.data.validation_split` that every chapter uses. Only a
+class-stratified split of :func:`vit_from_scratch.data.validation_split` that every chapter and the command
+line use (``VALIDATION_SIZE`` images, seed ``VALIDATION_SEED``, both from :mod:`vit_from_scratch.data`). Only a
 final run of an already chosen recipe may ask for ``"test"`` (all 50,000 training images, the test set),
 and what it reports is then a test number, read once, not a choice.
 """
@@ -13,8 +14,6 @@ import argparse
 import json
 import re
 
-VALIDATION_SIZE = 5000
-VALIDATION_SEED = 0
 SELECT_ON = ("val", "test")
 
 
@@ -24,7 +23,7 @@ def probe_sets(select_on: str = "val", data=None):
     if select_on not in SELECT_ON:
         raise ValueError(f"select_on must be one of {SELECT_ON}, got {select_on!r}: choose recipes on 'val'; "
                          "'test' is for the one final evaluation of a chosen recipe")
-    from vit_from_scratch.data import load_cifar10, validation_split
+    from vit_from_scratch.data import VALIDATION_SEED, VALIDATION_SIZE, load_cifar10, validation_split
 
     train_full, test_full = data if data is not None else load_cifar10()
     if select_on == "test":
@@ -50,6 +49,7 @@ def add_select_on(parser: argparse.ArgumentParser) -> None:
                              "on the test set after training on all 50,000 images (for a chosen recipe only)")
 
 
+# fit(..., evaluated_on="validation") logs "val loss ... acc ..." for each epoch
 PROBE_LINE = re.compile(r"^(\{.*\}) epoch\s+(\d+)/(\d+) \| train loss ([\d.]+) acc ([\d.]+) \| "
                         r"val loss ([\d.]+) acc ([\d.]+)")
 

@@ -48,7 +48,8 @@ def probe(overrides: dict, select_on: str = "val", data=None, device: str = "cpu
     train_set, eval_set, name = probe_sets(select_on, data)
     config = preset("cifar10-cpu", **overrides)
     t0 = time.perf_counter()
-    result = fit(config, train_set=train_set, test_set=eval_set, device=device, progress=False, log=log)
+    result = fit(config, train_set=train_set, test_set=eval_set, device=device, progress=False, log=log,
+                 evaluated_on=name)  # its log lines say "val loss ... acc" or "test loss ... acc"
     seconds = time.perf_counter() - t0
     history = named_history(result.history, name)
     extra = end_of_run(result, train_set, eval_set, name, device)
@@ -115,9 +116,8 @@ def main() -> None:
         torch.set_num_threads(1)
         overrides = json.loads(args.child)
 
-        def log(line: str) -> None:  # per-epoch progress on stderr, the evaluation set named as it is
-            shown = line if args.select_on == "test" else line.replace("test", "val")
-            print(f"{json.dumps(overrides)} {shown}", file=sys.stderr, flush=True)
+        def log(line: str) -> None:  # per-epoch progress on stderr; fit names the evaluation set (val or test)
+            print(f"{json.dumps(overrides)} {line}", file=sys.stderr, flush=True)
 
         print(json.dumps(probe(overrides, args.select_on, device=args.device, log=log)))
         return

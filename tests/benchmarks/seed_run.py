@@ -9,8 +9,9 @@ only the seed changed.
     VIT_DATA_DIR=/path/to/data python tests/benchmarks/seed_run.py --seed 1 \\
         --json tests/benchmarks/results/cifar10-cpu-seed1-cpu-2core.json
 
-(the same run as ``python -m vit_from_scratch.cli --preset cifar10-cpu --seed 1``, with the environment
-written beside the history)
+(the same run as ``python -m vit_from_scratch.cli --preset cifar10-cpu --seed 1 --monitor test``, with the
+environment written beside the history; the command line's default, ``--monitor validation``, would hold 5,000
+training images out and evaluate on them instead)
 """
 
 from __future__ import annotations
