@@ -617,9 +617,11 @@ def main(argv=None) -> None:
     report["flops"] = flops_per_image(config.model)
     print(f"{report['environment']}\nmatrix rate {report['matmul']['tflop_per_s']:.1f} TFLOP/s; "
           f"{report['flops']['train_step_per_image'] / 1e9:.3f} GFLOP/image/step; {left():.0f} s left", flush=True)
+    t0 = time.perf_counter()
     data, stats = load_train(args, device)
     data = data.to(device)
-    report["data"] = {"images": len(data), "source": data.source, "on": str(device)}
+    report["data"] = {"images": len(data), "source": data.source, "on": str(device),
+                      "load_s": round(time.perf_counter() - t0, 2)}
     write_json(report, args.json)
 
     trainers = build_all(chosen, data, stats, args, device, dtype, report, left)

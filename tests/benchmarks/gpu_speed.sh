@@ -24,7 +24,7 @@ ARCHIVE=${ARCHIVE:-.gpu/cifar10-jpeg.tar.gz}
 LIMIT_S=${LIMIT_S:-420}  # the whole script's deadline
 DEVICE=${DEVICE:-cuda}
 EXTRA=${EXTRA:-}  # more options for gpu_speed.py, word-split
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python || command -v python3)}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mkdir -p "$OUTDIR"
 LOG=$OUTDIR/speed.log
