@@ -30,6 +30,7 @@ ap.add_argument("--base-lr", type=float, default=1e-3)
 ap.add_argument("--seed", type=int, default=0)
 ap.add_argument("--arms", default="scratch,mae")
 ap.add_argument("--fractions", default="0.1,1.0")
+ap.add_argument("--layer-decay", type=float, default=0.75, help="the MAE arm's layer-wise lr decay")
 ap.add_argument("--tag", default="x")
 a = ap.parse_args()
 
@@ -69,9 +70,10 @@ for f in [float(x) for x in a.fractions.split(",")]:
         seed_everything(a.seed)
         model = VisionTransformer(cfg) if arm == "scratch" else vit_from_mae(mae)
         t0 = time.perf_counter()
-        run = finetune(model, labelled, ft, steps=a.steps, layer_decay=1.0 if arm == "scratch" else 0.75,
+        run = finetune(model, labelled, ft, steps=a.steps, layer_decay=1.0 if arm == "scratch" else a.layer_decay,
                        device="cpu", **stats)
         print(json.dumps(dict(tag=a.tag, arm=arm, fraction=f, steps=a.steps, base_lr=a.base_lr,
+                              layer_decay=1.0 if arm == "scratch" else a.layer_decay,
                               pretrain_pool=a.pretrain_pool, epochs=a.epochs, seed=a.seed,
                               train=acc(run.model, labelled), val=acc(run.model, val_set),
                               seconds=time.perf_counter() - t0)), flush=True)
