@@ -1,5 +1,12 @@
 """Helpers shared by the unit tests."""
 
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,3 +35,34 @@ def fit_one_batch(model: nn.Module, x, y, *, lr: float, steps: int) -> list[floa
         optimizer.step()
         losses.append(loss.item())
     return losses
+
+
+def fake_cifar_tree(base: Path, classes, per_class: int, test_per_class: int = 2) -> tuple[Path, Path]:
+    """A CIFAR-like image-folder tree of random 32-pixel JPEGs under ``base/cifar10-jpeg`` (the layout
+    ``load_cifar10`` reads), and the same tree as ``base/cifar10-jpeg.tar.gz`` (what the GPU scripts unpack)."""
+    from PIL import Image
+
+    root = base / "cifar10-jpeg"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("test", test_per_class)):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / c / f"{i:03d}.jpg")
+    archive = base / "cifar10-jpeg.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="cifar10-jpeg")
+    return root, archive
+
+
+def run_benchmark_script(script: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run a script of tests/benchmarks from the repository root, one thread, its output captured."""
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=script_env(),
+                          timeout=timeout, cwd=Path(__file__).resolve().parent.parent)
+
+
+def script_env() -> dict:
+    """The environment a benchmark script runs in under test: this checkout's package, one thread."""
+    root = Path(__file__).resolve().parent.parent
+    return {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

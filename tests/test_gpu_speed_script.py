@@ -6,17 +6,14 @@ is checked."""
 
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from _helpers import fake_cifar_tree, run_benchmark_script, script_env
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "benchmarks" / "gpu_speed.py"
@@ -30,26 +27,12 @@ PHASES = ("loader", "mixup", "forward", "finite check", "backward", "optimizer",
 def data(tmp_path_factory):
     """A CIFAR-like image-folder tree of random 32-pixel JPEGs, and the same tree as cifar10-jpeg.tar.gz."""
     base = tmp_path_factory.mktemp("speed-data")
-    root = base / "cifar10-jpeg"
-    rng = np.random.default_rng(0)
-    for split, n in (("train", PER_CLASS), ("test", 2)):
-        for c in CLASSES:
-            (root / split / c).mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / split / c / f"{i}.jpg")
-    archive = base / "cifar10-jpeg.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(root, arcname="cifar10-jpeg")
+    root, archive = fake_cifar_tree(base, CLASSES, PER_CLASS)
     return base, archive
 
 
-def env():
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
 def run_script(*args, timeout=90):
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env(),
-                          timeout=timeout, cwd=ROOT)
+    return run_benchmark_script(SCRIPT, *args, timeout=timeout)
 
 
 def test_variants_profiles_and_mfu_land_in_the_json(data, tmp_path):
@@ -140,7 +123,7 @@ def test_gpu_speed_sh_runs_on_the_cpu(data, tmp_path):
     settings = dict(DEVICE="cpu", ARCHIVE=str(archive), LIMIT_S="120", PYTHON=sys.executable,
                     EXTRA="--tiny --threads 1 --skip-compile --variants baseline,loader-only,compile")
     done = subprocess.run(["bash", str(SHELL), str(out)], capture_output=True, text=True,
-                          env={**env(), **settings}, timeout=120, cwd=ROOT)
+                          env={**script_env(), **settings}, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(p.name for p in out.iterdir()) == ["speed-cpu.json", "speed.log"]
     log = (out / "speed.log").read_text()

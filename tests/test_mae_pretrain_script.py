@@ -4,18 +4,15 @@ them, the time limit stopping between epochs, and the GPU session's script with 
 
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from _helpers import fake_cifar_tree, run_benchmark_script, script_env
 
 from vit_from_scratch.checkpoints import load_trained_model
 from vit_from_scratch.mae_training import scaled_lr
@@ -31,27 +28,12 @@ TINY = ["--val-size", str(VAL), "--batch-size", "8", "--device", "cpu", "--threa
 def data(tmp_path_factory):
     """A CIFAR-like image-folder tree of random 32-pixel JPEGs, and the same tree as cifar10-jpeg.tar.gz."""
     base = tmp_path_factory.mktemp("mae-data")
-    root = base / "cifar10-jpeg"
-    rng = np.random.default_rng(0)
-    for split, n in (("train", PER_CLASS), ("test", 2)):
-        for c in CLASSES:
-            (root / split / c).mkdir(parents=True)
-            for i in range(n):
-                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / split / c / f"{i:03d}.jpg")
-    archive = base / "cifar10-jpeg.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(root, arcname="cifar10-jpeg")
+    root, archive = fake_cifar_tree(base, CLASSES, PER_CLASS)
     return root, archive
 
 
-def env():
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
 def run_script(*args, timeout=60):
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env(),
-                          timeout=timeout, cwd=ROOT)
+    return run_benchmark_script(SCRIPT, *args, timeout=timeout)
 
 
 def test_each_seed_writes_loadable_fp16_weights_and_a_json_record(data, tmp_path):
@@ -125,7 +107,7 @@ def test_gpu_mae_sh_sizes_and_runs_on_the_cpu(data, tmp_path):
     settings = dict(DEVICE="cpu", ARCHIVE=str(archive), SIZE="16", BATCH="8", SEEDS="0,1", TRAIN_BUDGET_S="1",
                     LIMIT_S="120", MAX_EPOCHS="3", EXTRA="--val-size 6 --threads 1", PYTHON=sys.executable)
     done = subprocess.run(["bash", str(SHELL), str(out)], capture_output=True, text=True,
-                          env={**env(), **settings}, timeout=120, cwd=ROOT)
+                          env={**script_env(), **settings}, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
     log = (out / "mae.log").read_text()
     assert "== 1. smoke" in log and "smoke: 2 epochs" in log and "== done" in log

@@ -33,16 +33,8 @@ SIZE=${SIZE:-32}
 BATCH=${BATCH:-2048}
 DEVICE=${DEVICE:-cuda}
 EXTRA=${EXTRA:-}  # more options for mae_pretrain.py, word-split
-PY=${PYTHON:-python}
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-mkdir -p "$OUTDIR"
-LOG=$OUTDIR/mae.log
-exec > >(tee -a "$LOG") 2>&1
-TEE=$!
-WORK=$(mktemp -d)
-finish() { rm -rf "$WORK"; exec >&- 2>&-; wait "$TEE" 2>/dev/null; }  # the log complete before the exit
-trap finish EXIT
-left() { echo $((LIMIT_S - SECONDS)); }
+. "$(dirname "$0")/gpu_common.sh"  # PY, start_log, left
+start_log mae.log
 
 echo "gpu_mae.sh: SIZE=$SIZE BATCH=$BATCH SEEDS=$SEEDS TRAIN_BUDGET_S=$TRAIN_BUDGET_S LIMIT_S=$LIMIT_S" \
      "MAX_EPOCHS=$MAX_EPOCHS DEVICE=$DEVICE EXTRA='$EXTRA' commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"

@@ -24,16 +24,8 @@ ARCHIVE=${ARCHIVE:-.gpu/cifar10-jpeg.tar.gz}
 LIMIT_S=${LIMIT_S:-420}  # the whole script's deadline
 DEVICE=${DEVICE:-cuda}
 EXTRA=${EXTRA:-}  # more options for gpu_speed.py, word-split
-PY=${PYTHON:-$(command -v python || command -v python3)}
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-mkdir -p "$OUTDIR"
-LOG=$OUTDIR/speed.log
-exec > >(tee -a "$LOG") 2>&1
-TEE=$!
-WORK=$(mktemp -d)
-finish() { rm -rf "$WORK"; exec >&- 2>&-; wait "$TEE" 2>/dev/null; }  # the log complete before the exit
-trap finish EXIT
-left() { echo $((LIMIT_S - SECONDS)); }
+. "$(dirname "$0")/gpu_common.sh"  # PY, start_log, left
+start_log speed.log
 
 echo "gpu_speed.sh: LIMIT_S=$LIMIT_S DEVICE=$DEVICE EXTRA='$EXTRA'" \
      "commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
