@@ -107,3 +107,10 @@ def test_accuracy_interval_is_wilsons():
 def test_accuracy_interval_refuses_bad_counts(args, message):
     with pytest.raises(ValueError, match=message):
         accuracy_interval(*args)
+
+
+def test_a_comparison_says_its_verdict_in_words():
+    clear = compare_seeds([0.60, 0.61], [0.50, 0.50])
+    assert clear.phrase("B") == "10.5 points higher than B (noise 1.0)"
+    assert compare_seeds([0.40, 0.41], [0.50, 0.52]).phrase("B") == "10.5 points lower than B (noise 2.0)"
+    assert compare_seeds([0.50, 0.56], [0.52, 0.53]).phrase("B") == "within noise of B (+0.5 points, noise 6.0)"

@@ -40,7 +40,7 @@ def test_each_seed_writes_loadable_fp16_weights_and_a_json_record(data, tmp_path
     root, _ = data
     out = tmp_path / "out"
     done = run_script("--data-dir", str(root), *TINY, "--epochs", "2", "--seeds", "0,1", "--time-limit", "120",
-                      "--out", str(out))
+                      "--out", str(out), "--remark", "two seeds in one process")
     assert done.returncode == 0, done.stdout + done.stderr
     names = [f"cifar10_mae_32px_seed{k}.{e}" for k in (0, 1) for e in ("json", "pt")]
     assert sorted(p.name for p in out.iterdir()) == names
@@ -69,6 +69,7 @@ def test_each_seed_writes_loadable_fp16_weights_and_a_json_record(data, tmp_path
         assert tc["padding"] == 4 and tc["amp"] == "off" and info["tf32"] is False
         assert info["hardware"]["torch"] == torch.__version__ and info["hardware"]["device"] == "cpu"
         assert "--seeds 0,1" in info["command"] and info["time_limit_s"] == 120
+        assert info["remark"] == "two seeds in one process"
         saved = torch.load(out / f"{name}.pt", weights_only=True)
         assert all(v.dtype == torch.float16 for v in saved.values() if v.is_floating_point())
         model, loaded = load_trained_model(name, device="cpu", directory=out)  # SHA-256 checked

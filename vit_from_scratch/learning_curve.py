@@ -98,6 +98,13 @@ class Comparison:
             return "within noise"
         return "higher" if self.difference > 0 else "lower"
 
+    def phrase(self, other: str) -> str:
+        """The verdict in words against ``other`` (what arm ``b`` is), for generated sentences:
+        ``"2.1 points higher than other (noise 1.8)"`` or ``"within noise of other (+0.3 points, noise 1.8)"``."""
+        if self.verdict == "within noise":
+            return f"within noise of {other} ({100 * self.difference:+.1f} points, noise {100 * self.noise:.1f})"
+        return f"{100 * abs(self.difference):.1f} points {self.verdict} than {other} (noise {100 * self.noise:.1f})"
+
 
 def compare_seeds(a: Sequence[float], b: Sequence[float], *, n_images: int | None = None) -> Comparison:
     """Compare two arms' accuracies, one per seed (at least two seeds each).

@@ -96,6 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--work-dir", default=None,
                     help="scratch folder for the per-epoch checkpoint (default: a temporary folder, removed)")
     ap.add_argument("--overwrite", action="store_true", help="replace weights of the same name in --out")
+    ap.add_argument("--remark", default=None,
+                    help="how the run was made, written into each JSON as `remark` (e.g. what shared the machine)")
     args = ap.parse_args(argv)
     try:
         args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -202,7 +204,8 @@ def main(argv=None) -> int:
             estimate = max(record["epoch_wall_s"][-3:])
             state = record.pop("_state")
             info = {**record, "image_size": args.size, "tf32": tf32, "hardware": hw, "command": command,
-                    "commit": sha, "time_limit_s": args.time_limit}
+                    "commit": sha, "time_limit_s": args.time_limit,
+                    **({"remark": args.remark} if args.remark else {})}
             note = (f"tests/benchmarks/mae_pretrain.py: MAE-pretrained encoder (labels unused), head zero; "
                     f"seed {seed}, "
                     f"{record['epochs_run']} of {record['epochs_planned']} epochs on {len(pool):,} images of "
