@@ -250,7 +250,7 @@ def test_a_description_that_cannot_match_the_weights_is_refused_even_without_has
     assert "re-export" in str(info.value) and "\n" not in str(info.value), str(info.value)
 
 
-@pytest.mark.parametrize("name", ["cifar10_vit", "cifar10_mae"])
+@pytest.mark.parametrize("name", ["cifar10_vit", "cifar10_vit_seed1"] + [f"cifar10_mae_16px_seed{k}" for k in range(3)])
 def test_the_shipped_weights_carry_their_hashes_and_match_them(name):
     """Issue 28.6: the shipped JSON files hold both SHA-256s, and the shipped files pass the check."""
     _, info = load_trained_model(name, device="cpu")
