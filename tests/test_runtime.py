@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vit_from_scratch import (Timing, benchmark, budget, claim, environment_report, is_quick, network_available,
-                              pick_device, seed_offset,
+                              pick_device, run_side_by_side, seed_offset,
                               seed_everything, synchronize)
 
 
@@ -180,3 +180,65 @@ def test_claim_is_asserted_at_full_budget_and_only_sane_at_quick(monkeypatch, tm
     assert abs(first["margin_se"] - 0.4 / 0.05) < 1e-9  # se = sqrt(0.5 * 0.5 / 100) = 0.05
     assert records[3]["budget"] == "quick" and not records[3]["asserted"]
     assert records[3]["margin_se"] < 0 and records[2]["ratio"] == 1.5
+
+
+def _tiny_training(seed):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4))
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+    def job():
+        for _ in range(20):
+            x = torch.randn(64, 16, generator=generator)
+            loss = model(x).square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return torch.get_num_threads(), [p.detach().clone() for p in model.parameters()]
+
+    return job
+
+
+def test_run_side_by_side_matches_runs_one_after_another_on_one_thread():
+    threads = torch.get_num_threads()
+    together = run_side_by_side([_tiny_training(s) for s in range(3)], workers=2)
+    torch.set_num_threads(1)
+    try:
+        alone = [_tiny_training(s)() for s in range(3)]
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads, "the thread count must be restored"
+    for (job_threads, a), (_, b) in zip(together, alone):
+        assert job_threads == 1, "each job runs on one torch thread"
+        assert all(torch.equal(x, y) for x, y in zip(a, b)), "results in the order of the jobs"
+    assert not all(torch.equal(x, y) for x, y in zip(together[0][1], together[1][1]))
+
+
+def test_run_side_by_side_raises_the_job_error_and_restores_threads():
+    threads = torch.get_num_threads()
+
+    def broken():
+        raise RuntimeError("job failed")
+
+    with pytest.raises(RuntimeError, match="job failed"):
+        run_side_by_side([lambda: 1, broken], workers=2)
+    assert torch.get_num_threads() == threads
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        run_side_by_side([lambda: 1], workers=0)
+    with pytest.raises(TypeError, match="functions of no arguments"):
+        run_side_by_side([1])
+    assert run_side_by_side([]) == []
+
+
+def test_results_file_finds_the_repository_results_from_below_and_none_elsewhere(tmp_path):
+    from vit_from_scratch.runtime import results_file
+
+    folder = tmp_path / "repo" / "tests" / "benchmarks" / "results"
+    folder.mkdir(parents=True)
+    (folder / "probe.jsonl").write_text("{}\n")
+    book = tmp_path / "repo" / "book"
+    book.mkdir()
+    assert results_file("probe.jsonl", book) == folder / "probe.jsonl"
+    assert results_file("missing.jsonl", book) is None
+    assert results_file("probe.jsonl", tmp_path / "elsewhere") is None

@@ -15,7 +15,7 @@ from .patches import PatchEmbedding, check_patch_grid, patchify, unpatchify
 from .positions import (learned_pos_embed, position_similarity, resize_pos_embed, sincos_pos_embed_1d,
                         sincos_pos_embed_2d, truncated_normal_)
 from .runtime import (Timing, benchmark, budget, claim, environment_report, is_quick, network_available,
-                      pick_device, seed_everything, seed_offset, synchronize)
+                      pick_device, run_side_by_side, seed_everything, seed_offset, synchronize)
 from .hybrid import ConvStem, HybridViT
 from .windows import (PatchMerging, SwinBlock, WindowAttention, cyclic_shift, msa_macs, pyramid_costs,
                       relative_position_index, shift_region_labels, shifted_window_mask, window_partition,
@@ -27,7 +27,7 @@ __all__ = [
     # runtime helpers
     "budget", "claim", "environment_report", "is_quick", "pick_device", "seed_everything", "seed_offset",
     "synchronize", "Timing",
-    "benchmark", "network_available",
+    "benchmark", "run_side_by_side", "network_available",
     # chapter 1: patches
     "PatchEmbedding", "check_patch_grid", "patchify", "unpatchify",
     # chapter 2: positions

@@ -13,15 +13,19 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 __all__ = ["pick_device", "seed_everything", "seed_offset", "is_quick", "budget", "environment_report",
-           "synchronize", "Timing", "benchmark", "network_available", "claim"]
+           "synchronize", "Timing", "benchmark", "run_side_by_side", "network_available", "claim",
+           "results_file"]
+
+T = TypeVar("T")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
@@ -200,6 +204,47 @@ def benchmark(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1,
         synchronize(device)
         seconds.append(time.perf_counter() - t0)
     return Timing(seconds)
+
+
+def run_side_by_side(jobs: Sequence[Callable[[], T]], *, workers: int | None = None) -> list[T]:
+    """Run independent jobs ``workers`` at a time (default: torch's CPU thread count), each in its own
+    Python thread on one torch thread; return their results in the order of ``jobs``.
+
+    A small model uses a CPU's cores badly inside one operation (its matrices are too small to split
+    well), so two training runs side by side, one core each, finish sooner than the same runs one after
+    another on two cores each; torch's operations release the GIL, so the threads run at once. The
+    torch thread count is restored afterwards, also after an error. Each job must own its model and
+    draw its random numbers from its own generators: the global generator is shared, so build models
+    (and call ``seed_everything``) before. A job that raises stops the call with its error.
+    """
+    jobs = list(jobs)
+    if workers is None:
+        workers = torch.get_num_threads()
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if not all(callable(job) for job in jobs):
+        raise TypeError("run_side_by_side takes a list of functions of no arguments (e.g. lambdas)")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=min(workers, max(1, len(jobs)))) as pool:
+            return list(pool.map(lambda job: job(), jobs))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def results_file(name: str, start: str | os.PathLike | None = None):
+    """A measurement kept in the repository, ``tests/benchmarks/results/<name>``, found from ``start``
+    (default: the working directory) or a folder above it; ``None`` outside a clone of the repository
+    (in Colab, say), where a chapter says so instead of reading it."""
+    from pathlib import Path
+
+    here = Path(start) if start is not None else Path.cwd()
+    for folder in [here, *here.resolve().parents]:
+        path = folder / "tests" / "benchmarks" / "results" / name
+        if path.exists():
+            return path
+    return None
 
 
 def network_available(host: str = "download.pytorch.org", port: int = 443, timeout: float = 3.0) -> bool:
