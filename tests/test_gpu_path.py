@@ -64,3 +64,39 @@ def test_the_gpu_preset_takes_the_batched_path_on_a_gpu(monkeypatch):
     common = dict(train=True, mean=(0.5,) * 3, std=(0.5,) * 3, policy=config.policy, num_workers=0)
     assert isinstance(make_loader(TRAIN, 16, device="cuda", **common), BatchLoader)
     assert isinstance(make_loader(TRAIN, 16, device="cpu", **common), WorkerLoader)
+
+
+def test_the_t4_preset_is_the_gpu_preset_cut_to_the_estimated_epochs_of_30_minutes():
+    import json
+    import statistics
+    from pathlib import Path
+
+    from vit_from_scratch.recipe import H200_BF16_PEAK, PRESETS, T4_FP16_PEAK, gpu_epochs_estimate
+
+    run = json.loads((Path(__file__).parent / "benchmarks" / "results" / "cifar10-gpu-h200.json").read_text())
+    assert run["hardware"]["gpu"] == "NVIDIA H200" and run["config"]["epochs"] == len(run["history"])
+    images = 50_000 * len(run["history"])
+    estimate = gpu_epochs_estimate(
+        images / sum(r["epoch_time_s"] for r in run["history"]), measured_peak=H200_BF16_PEAK,
+        target_peak=T4_FP16_PEAK, budget_s=30 * 60, reserve_s=5 * 60, images_per_epoch=50_000,
+        eval_s_per_epoch=statistics.mean(r["eval_time_s"] for r in run["history"]))
+    t4 = preset("cifar10-t4")
+    assert t4.epochs == estimate["epochs"] == 27
+    assert 27 * estimate["epoch_s"] <= 25 * 60 < 28 * estimate["epoch_s"]  # the most epochs that fit
+    assert t4.amp == "auto" and t4.vit_config() == preset("cifar10-gpu").vit_config()
+    assert {k: v for k, v in PRESETS["cifar10-t4"].items() if k != "epochs"} == \
+        {k: v for k, v in PRESETS["cifar10-gpu"].items() if k != "epochs"} | {"amp": "auto"}
+
+
+def test_gpu_epochs_estimate_scales_by_the_peak_rates_and_refuses_nonsense():
+    from vit_from_scratch.recipe import gpu_epochs_estimate
+
+    same = gpu_epochs_estimate(1000, measured_peak=1, target_peak=1, budget_s=100, reserve_s=0, images_per_epoch=1000)
+    assert same == {"images_per_s": 1000, "epoch_s": 1.0, "epochs": 100}
+    half = gpu_epochs_estimate(1000, measured_peak=2, target_peak=1, budget_s=100, reserve_s=20, images_per_epoch=1000,
+                               eval_s_per_epoch=0.5)
+    assert half["images_per_s"] == 500 and half["epoch_s"] == 3.0 and half["epochs"] == 26
+    with pytest.raises(ValueError, match="reserve"):
+        gpu_epochs_estimate(1000, measured_peak=1, target_peak=1, budget_s=100, reserve_s=100, images_per_epoch=10)
+    with pytest.raises(ValueError, match="positive"):
+        gpu_epochs_estimate(0, measured_peak=1, target_peak=1, budget_s=100, reserve_s=0, images_per_epoch=10)

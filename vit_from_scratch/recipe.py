@@ -16,7 +16,7 @@ from torch import nn
 from .config import ViTConfig, check_field_types
 from .loaders import AUGMENT_ON
 
-__all__ = ["TrainConfig", "Phase", "PRESETS", "preset", "param_groups", "warmup_cosine", "build_optimizer",
+__all__ = ["TrainConfig", "Phase", "PRESETS", "preset", "gpu_epochs_estimate", "param_groups", "warmup_cosine", "build_optimizer",
            "MuonAdamW", "muon_parameters", "autocast_dtype", "config_differences"]
 
 OPTIMIZERS = ("adamw", "muon")
@@ -201,6 +201,42 @@ class Phase:
 # probes on test accuracy before the book had a validation split; it has not been measured again.
 # cifar10-gpu ran once on an H200 (tests/benchmarks/results/cifar10-gpu-h200.json): 100 epochs in 5.7 min
 # of training, 79.0% test accuracy, short of its 93% goal.
+# cifar10-t4 is cifar10-gpu for Colab's free T4, cut to the epochs that end within 30 minutes there. It is an
+# ESTIMATE, not a measurement (no T4 was available): `gpu_epochs_estimate` below, with the H200 run's
+# measured images/s scaled by the two GPUs' peak half-precision matrix rates, i.e. assuming the T4 is kept
+# as busy as the H200 was. That is pessimistic (the H200's step is far from compute-bound), so the run should
+# end early rather than late. amp "auto" gives fp16 with a gradient scaler there (a T4 has no bf16 units).
+# tests/test_gpu_path.py recomputes the epochs from the committed H200 results.
+H200_BF16_PEAK = 989e12  # FLOP/s, dense bf16 tensor cores, NVIDIA's H200 (SXM) datasheet
+T4_FP16_PEAK = 65e12  # FLOP/s, fp16 tensor cores with fp32 accumulation, NVIDIA's T4 datasheet
+
+
+def gpu_epochs_estimate(measured_images_per_s: float, *, measured_peak: float, target_peak: float,
+                        budget_s: float, reserve_s: float, images_per_epoch: int,
+                        eval_s_per_epoch: float = 0.0) -> dict[str, float]:
+    """How many epochs fit in ``budget_s`` on another GPU, from a run measured on one (an estimate).
+
+    The other GPU is assumed as busy as the measured one: images/s scale with the peak matrix rates,
+    ``measured · target_peak / measured_peak``; evaluation time scales the same way. ``reserve_s`` is
+    kept for start-up, data loading and the final evaluation. Returns the estimated images/s, seconds
+    per epoch and the whole number of epochs that fit (at least 1).
+    """
+    if min(measured_images_per_s, measured_peak, target_peak, images_per_epoch) <= 0:
+        raise ValueError("images/s, peak rates and images per epoch must be positive")
+    if not 0 <= reserve_s < budget_s:
+        raise ValueError(f"the reserve ({reserve_s} s) must be non-negative and below the budget ({budget_s} s)")
+    slowdown = measured_peak / target_peak
+    images_per_s = measured_images_per_s / slowdown
+    epoch_s = images_per_epoch / images_per_s + eval_s_per_epoch * slowdown
+    return {"images_per_s": images_per_s, "epoch_s": epoch_s,
+            "epochs": max(1, int((budget_s - reserve_s) // epoch_s))}
+
+
+# From cifar10-gpu-h200.json: 100 epochs of 50,000 images in 340.7 s of training epochs (14,675 images/s over
+# the run) and 0.14 s of evaluation per epoch. With a 30-minute budget and 5 minutes kept for start-up, the
+# data download and decoding: 964 images/s, 53.9 s per epoch on a T4, 27 epochs (about 24.3 min).
+T4_EPOCHS = 27
+
 PRESETS: dict[str, dict[str, Any]] = {
     "cifar10-cpu": dict(
         model=dict(image_size=32, patch_size=4, num_classes=10, dim=128, depth=6, num_heads=4, mlp_ratio=2.0),
@@ -213,6 +249,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         epochs=100, batch_size=512, lr=1e-3, min_lr=1e-5, warmup_epochs=5.0, weight_decay=0.05,
         label_smoothing=0.1, grad_clip=1.0, padding=4, flip=True, policy="trivialaugment", mixup=0.8, cutmix=1.0),
 }
+PRESETS["cifar10-t4"] = {**PRESETS["cifar10-gpu"], "epochs": T4_EPOCHS, "amp": "auto"}
 
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
