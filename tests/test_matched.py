@@ -21,6 +21,7 @@ def vit():
 
 def test_train_run_records_steps_images_and_clean_training_accuracy():
     run = train_run("vit", vit, CONFIG, lr=3e-3, seed=0, train_set=TRAIN, val_set=VAL)
+    assert {record["evaluated_on"] for record in run.history} == {"validation"}, "the history names its set"
     assert run.steps == 2 * (len(TRAIN) // CONFIG.batch_size)  # two epochs of full batches
     assert run.images_seen == run.steps * CONFIG.batch_size and run.lr == 3e-3
     assert run.val_accuracy == run.history[-1]["test_accuracy"]

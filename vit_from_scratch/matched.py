@@ -69,7 +69,7 @@ def train_run(name: str, build: Callable[[], nn.Module], config: TrainConfig, *,
     run_config = replace(config, lr=lr, full_res_lr=None, seed=seed, train_subset=None, test_subset=None)
     t0 = time.perf_counter()
     result = fit(run_config, train_set=train_set, test_set=val_set, device=device, model=model,
-                 progress=False, log=None)
+                 progress=False, log=None, evaluated_on="validation")
     wall = time.perf_counter() - t0
     history = result.history
     steps = history[-1]["step"]
