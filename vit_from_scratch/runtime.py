@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -233,12 +234,10 @@ def run_side_by_side(jobs: Sequence[Callable[[], T]], *, workers: int | None = N
         torch.set_num_threads(threads)
 
 
-def results_file(name: str, start: str | os.PathLike | None = None):
+def results_file(name: str, start: str | os.PathLike | None = None) -> Path | None:
     """A measurement kept in the repository, ``tests/benchmarks/results/<name>``, found from ``start``
     (default: the working directory) or a folder above it; ``None`` outside a clone of the repository
     (in Colab, say), where a chapter says so instead of reading it."""
-    from pathlib import Path
-
     here = Path(start) if start is not None else Path.cwd()
     for folder in [here, *here.resolve().parents]:
         path = folder / "tests" / "benchmarks" / "results" / name
