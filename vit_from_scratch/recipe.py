@@ -63,6 +63,10 @@ class TrainConfig:
     policy: str = _opt("none", "per-image augmentation policy: none, trivialaugment, randaugment, autoaugment")
     augment_on: str = _opt("auto", "where the policy runs: auto (batched on a GPU, worker processes on a CPU), "
                            "device (the GPU's batched path, on any device) or workers")
+    erasing: float = _opt(0.0, "random erasing (Zhong et al. 2020): the probability per training image of "
+                               "replacing a random rectangle (a fiftieth to a third of the image) with noise; 0: off")
+    repeats: int = _opt(1, "repeated augmentation (Hoffer et al. 2020): every epoch shows 1/repeats of the "
+                           "training images, each this many times, augmented anew; 1: off")
     mixup: float = _opt(0.0, "MixUp Beta(alpha, alpha); 0: off")
     cutmix: float = _opt(0.0, "CutMix Beta(alpha, alpha); 0: off")
     amp: str = _opt("auto", "mixed precision: auto (bf16 on GPUs that have it, fp16 on others, off on CPU), bf16, "
@@ -119,6 +123,10 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.augment_on not in AUGMENT_ON:
             raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {self.augment_on!r}")
+        if not 0 <= self.erasing <= 1:
+            raise ValueError(f"erasing must be a probability from 0 (off) to 1, got {self.erasing}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be 1 (off) or more, got {self.repeats}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.lr <= 0:

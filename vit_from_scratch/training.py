@@ -144,7 +144,7 @@ def _enter_phase(run: _Run, index: int) -> None:
     run.train_loader = make_loader(train_data, c.batch_size, train=True, padding=phase.padding, flip=c.flip,
                                    policy=None if c.policy == "none" else c.policy, seed=c.seed + index,
                                    num_workers=c.num_workers, rank=p.rank, world_size=p.world_size,
-                                   augment_on=c.augment_on, **common)
+                                   augment_on=c.augment_on, erasing=c.erasing, repeats=c.repeats, **common)
     run.test_loader = make_loader(p.eval_shard(test_data), 500, train=False, **common)
     run.train_model = p.wrap(run.model)  # before the optimiser: FSDP2 replaces the parameters by shards
     run.optimizer, run.scheduler = build_optimizer(run.model, c, len(run.train_loader), phase)
