@@ -33,16 +33,12 @@ SIZE=${SIZE:-32}
 BATCH=${BATCH:-2048}
 DEVICE=${DEVICE:-cuda}
 EXTRA=${EXTRA:-}  # more options for mae_pretrain.py, word-split
-. "$(dirname "$0")/gpu_common.sh"  # PY, start_log, left
+. "$(dirname "$0")/gpu_common.sh"  # PY, start_log, left, show_gpu
 start_log mae.log
 
 echo "gpu_mae.sh: SIZE=$SIZE BATCH=$BATCH SEEDS=$SEEDS TRAIN_BUDGET_S=$TRAIN_BUDGET_S LIMIT_S=$LIMIT_S" \
      "MAX_EPOCHS=$MAX_EPOCHS DEVICE=$DEVICE EXTRA='$EXTRA' commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-if command -v nvidia-smi >/dev/null 2>&1; then
-  nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv
-else
-  echo "no nvidia-smi here: running on DEVICE=$DEVICE"
-fi
+show_gpu
 tar -xzf "$ARCHIVE" -C "$WORK" || { echo "could not extract $ARCHIVE"; exit 1; }
 DATA=$WORK  # load_cifar10 finds cifar10-jpeg/ inside it
 

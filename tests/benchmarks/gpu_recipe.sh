@@ -17,19 +17,12 @@ LIMIT_S=${LIMIT_S:-420}
 DEVICE=${DEVICE:-cuda}
 EXTRA=${EXTRA:-}
 RESULTS=${RESULTS:-}
-. "$(dirname "$0")/gpu_common.sh"  # PY, start_log, left
+. "$(dirname "$0")/gpu_common.sh"  # PY, start_log, left, show_gpu
 start_log recipe.log
 
 echo "gpu_recipe.sh: LIMIT_S=$LIMIT_S DEVICE=$DEVICE EXTRA='$EXTRA'" \
      "commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-if command -v nvidia-smi >/dev/null 2>&1; then
-  nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv
-  GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -cs 'A-Za-z0-9' '-' | sed 's/-$//' \
-        | tr 'A-Z' 'a-z')
-else
-  echo "no nvidia-smi here: running on DEVICE=$DEVICE"
-  GPU=$DEVICE
-fi
+show_gpu  # sets GPU
 tar -xzf "$ARCHIVE" -C "$WORK" || { echo "could not extract $ARCHIVE"; exit 1; }
 OUT_JSON="$OUTDIR/recipe-$GPU.jsonl"
 if [ -n "$RESULTS" ]; then cp "$RESULTS" "$OUT_JSON" || exit 1; fi

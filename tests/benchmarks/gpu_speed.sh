@@ -24,19 +24,12 @@ ARCHIVE=${ARCHIVE:-.gpu/cifar10-jpeg.tar.gz}
 LIMIT_S=${LIMIT_S:-420}  # the whole script's deadline
 DEVICE=${DEVICE:-cuda}
 EXTRA=${EXTRA:-}  # more options for gpu_speed.py, word-split
-. "$(dirname "$0")/gpu_common.sh"  # PY, start_log, left
+. "$(dirname "$0")/gpu_common.sh"  # PY, start_log, left, show_gpu
 start_log speed.log
 
 echo "gpu_speed.sh: LIMIT_S=$LIMIT_S DEVICE=$DEVICE EXTRA='$EXTRA'" \
      "commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-if command -v nvidia-smi >/dev/null 2>&1; then
-  nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap,clocks.sm,clocks.max.sm --format=csv
-  GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -cs 'A-Za-z0-9' '-' | sed 's/-$//' \
-        | tr 'A-Z' 'a-z')
-else
-  echo "no nvidia-smi here: running on DEVICE=$DEVICE"
-  GPU=$DEVICE
-fi
+show_gpu clocks.sm,clocks.max.sm  # sets GPU
 tar -xzf "$ARCHIVE" -C "$WORK" || { echo "could not extract $ARCHIVE"; exit 1; }
 
 t=$(( $(left) - 10 )); [ $t -gt 10 ] || t=10  # the hard stop; --time-limit ends the work 10 s before it
