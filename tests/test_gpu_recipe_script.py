@@ -7,12 +7,12 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from _helpers import fake_cifar_tree, run_benchmark_script, script_env
 
-from test_gpu_speed_script import ROOT
-
+ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "benchmarks" / "gpu_recipe.py"
 SHELL = ROOT / "tests" / "benchmarks" / "gpu_recipe.sh"
 TINY = ["--device", "cpu", "--tiny", "--epochs", "1"]

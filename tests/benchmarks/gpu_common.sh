@@ -1,4 +1,5 @@
-# Shared by the device scripts (gpu_mae.sh, gpu_speed.sh, gpu_recipe.sh): source it after OUTDIR, LIMIT_S and DEVICE are set.
+# Shared by the device scripts (gpu_mae.sh, gpu_speed.sh, gpu_recipe.sh): source it after OUTDIR, LIMIT_S
+# and DEVICE are set.
 #   PY          the python to run (PYTHON, else python, else python3)
 #   start_log F everything after it goes to the terminal and to OUTDIR/F; WORK is a scratch folder,
 #               removed at exit once the log is complete
