@@ -153,6 +153,20 @@ def test_visible_code_cells_show_one_idea_in_a_few_lines(path):
                       "or move loops, tables and figures into the package or a hide-input cell")
 
 
+# Edits that wait for a chapter's full execution are kept as patches in .pending/ (its README.txt says why);
+# a later edit of the same chapter must not leave them unappliable.
+PENDING = sorted((ROOT / ".pending").glob("*.patch"))
+
+
+@pytest.mark.parametrize("patch", PENDING, ids=lambda p: p.name)
+def test_pending_patches_still_apply(patch):
+    import subprocess
+
+    done = subprocess.run(["git", "apply", "--check", str(patch)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, (f"{patch.relative_to(ROOT)} no longer applies ({done.stderr.strip()}); "
+                                  "rebase it on the chapter as it is now")
+
+
 # Paths of the machine that executed a notebook: they mean nothing to a reader and leak the runner's layout.
 _MACHINE_PATHS = re.compile(r"(/work/|/tmp/|/root/|/home/|/usr/|/opt/|/private/var/|site-packages|[A-Z]:\\Users)")
 
