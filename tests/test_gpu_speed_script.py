@@ -38,7 +38,8 @@ def run_script(*args, timeout=90):
 def test_variants_profiles_and_mfu_land_in_the_json(data, tmp_path):
     base, _ = data
     out = tmp_path / "speed.json"
-    names = "baseline,loader-only,model-only,no-sync-check,foreach-optimizer,muon-optimizer,batch-20,batch-40,compile"
+    names = ("baseline,loader-only,model-only,sync-every-step,blocking-copies,foreach-optimizer,muon-optimizer,"
+             "batch-20,batch-40,compile")
     # batch 10: batch-40 cannot fill one batch from 36 images and must fail, recorded; compile through aot_eager
     # (dynamo and AOTAutograd, no code generation) checks the compiled path in seconds
     done = run_script("--json", str(out), "--data-dir", str(base), *TINY, "--batch", "10", "--variants", names,
@@ -76,6 +77,10 @@ def test_variants_profiles_and_mfu_land_in_the_json(data, tmp_path):
     assert r["variants"]["compile"]["compile_mode"] == "default"
     assert "Muon" in r["variants"]["muon-optimizer"]["optimizer_impl"]
     assert "foreach=True" in r["variants"]["foreach-optimizer"]["optimizer_impl"]
+    assert r["variants"]["baseline"]["finite_check"] == "deferred" and not r["variants"]["baseline"]["blocking_copies"]
+    assert r["variants"]["sync-every-step"]["finite_check"] == "every-step"
+    assert r["variants"]["blocking-copies"]["blocking_copies"]
+    assert all(v["host_syncs_per_step"] is None for n, v in r["variants"].items() if n != "batch-40")  # CUDA only
     assert set(r["profiles"]) == {"baseline", "compile"}  # the baseline and the first compiled variant
     for p in r["profiles"].values():
         assert p["steps"] == 2 and "split_error" not in p and "top_error" not in p

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .data import ImageSet, normalize
 from .policies import trivial_augment
+from .runtime import to_device
 
 __all__ = ["Augment", "BatchLoader", "WorkerLoader", "make_loader", "mixup_cutmix", "AUGMENT_ON"]
 
@@ -56,16 +57,17 @@ class Augment:
         """Random crop (with ``padding``) and flip, per image, in one batched gather. uint8 in, uint8 out."""
         B, C, H, W = images.shape
         p = self.padding
-        if p:
+        if p:  # drawn on the host, moved in one copy that does not stall a GPU
+            dy = torch.randint(0, 2 * p + 1, (B,), generator=generator, device="cpu")
+            dx = torch.randint(0, 2 * p + 1, (B,), generator=generator, device="cpu")
+            dy, dx = to_device(torch.stack([dy, dx]), images.device)
             padded = F.pad(images, (p, p, p, p))  # (B, C, H+2p, W+2p), zeros outside
-            dy = torch.randint(0, 2 * p + 1, (B,), generator=generator, device="cpu").to(images.device)
-            dx = torch.randint(0, 2 * p + 1, (B,), generator=generator, device="cpu").to(images.device)
             rows = (dy.view(B, 1) + torch.arange(H, device=images.device)).view(B, 1, H, 1).expand(B, C, H, W + 2 * p)
             images = padded.gather(2, rows)  # (B, C, H, W+2p)
             cols = (dx.view(B, 1) + torch.arange(W, device=images.device)).view(B, 1, 1, W).expand(B, C, H, W)
             images = images.gather(3, cols)  # (B, C, H, W)
         if self.flip:
-            flip = torch.rand(B, generator=generator, device="cpu").to(images.device) < 0.5
+            flip = to_device(torch.rand(B, generator=generator, device="cpu") < 0.5, images.device)
             images = torch.where(flip.view(B, 1, 1, 1), images.flip(3), images)
         return images
 
@@ -89,7 +91,7 @@ class Augment:
         top = (draw[3] * (H - h + 1)).long()  # uniform over the positions where the rectangle fits
         left = (draw[4] * (W - w + 1)).long()
         h = torch.where(draw[0] < self.erasing, h, 0)  # an empty rectangle: this image is not erased
-        top, bottom, left, right = torch.stack([top, top + h, left, left + w]).to(images.device).view(4, B, 1)
+        top, bottom, left, right = to_device(torch.stack([top, top + h, left, left + w]), images.device).view(4, B, 1)
         rows = torch.arange(H, device=images.device).view(1, H)
         cols = torch.arange(W, device=images.device).view(1, W)
         inside_rows = (rows >= top) & (rows < bottom)  # (B, H)
@@ -163,7 +165,7 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         n = len(self.data)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        order = _repeated(order, self.repeats).to(self.data.images.device)
+        order = to_device(_repeated(order, self.repeats), self.data.images.device)
         crops, b = self.generator, self.batch_size // self.world_size  # b: this process's share of a batch
         if self.world_size > 1:
             crops = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch, self.rank))
@@ -363,7 +365,7 @@ def mixup_cutmix(images: Tensor, labels: Tensor, num_classes: int, *, mixup_alph
     pick = choices[int(torch.randint(len(choices), (1,), generator=generator))]
     alpha = mixup_alpha if pick == "mixup" else cutmix_alpha
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
-    perm = torch.randperm(images.shape[0], generator=generator).to(images.device)
+    perm = to_device(torch.randperm(images.shape[0], generator=generator), images.device)
     if pick == "mixup":
         mixed = lam * images + (1 - lam) * images[perm]
     else:

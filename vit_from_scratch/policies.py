@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .runtime import to_device
+
 __all__ = ["OPERATIONS", "NUM_LEVELS", "draw_operations", "apply_operations", "trivial_augment"]
 
 # name: (largest strength, signed). Strengths are linspace(0, largest, NUM_LEVELS) but for posterize
@@ -150,10 +152,17 @@ def apply_operations(images: Tensor, op: Tensor, strength: Tensor) -> Tensor:
         raise ValueError(f"need one operation and one strength per image: {len(images)} images, "
                          f"op {tuple(op.shape)}, strength {tuple(strength.shape)}")
     out = images.clone()
-    for k, name in enumerate(_NAMES):
-        index = torch.nonzero(op == k).flatten()
-        if len(index):
-            out[index.to(images.device)] = _apply(images[index.to(images.device)], name, strength[index])
+    # The images grouped by operation (each group in ascending order), moved to the device with their
+    # strengths in one copy each: indexing with host tensors would copy, and wait, once per operation.
+    order = torch.argsort(op.cpu(), stable=True)
+    counts = torch.bincount(op.cpu(), minlength=len(_NAMES)).tolist()
+    index, strength = to_device(order, images.device), to_device(strength.cpu()[order], images.device)
+    start = 0
+    for name, n in zip(_NAMES, counts):
+        if n:
+            group = index[start:start + n]
+            out[group] = _apply(images[group], name, strength[start:start + n])
+        start += n
     return out
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 __all__ = ["pick_device", "seed_everything", "seed_offset", "is_quick", "budget", "environment_report",
-           "synchronize", "Timing", "benchmark", "run_side_by_side", "network_available", "claim",
+           "synchronize", "to_device", "Timing", "benchmark", "run_side_by_side", "network_available", "claim",
            "results_file"]
 
 T = TypeVar("T")
@@ -165,6 +165,20 @@ def synchronize(device: torch.device | str | None = None) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``tensor.to(device)`` for a host tensor, without making the host wait on a CUDA GPU.
+
+    A plain copy from ordinary host memory to a GPU waits until every kernel already queued has run, so
+    the host stops feeding the GPU: a few such copies per training step (the random draws of a batch's
+    augmentation) leave the GPU idle while Python prepares the next kernels. Copied from page-locked
+    memory, the transfer joins the queue instead. Elsewhere (CPU, MPS) this is ``tensor.to(device)``.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass

@@ -119,6 +119,7 @@ class _Run:
     optimizer: Any = None
     scheduler: Any = None
     average: WeightAverage | None = None  # config.ema's average of the weights, which is evaluated
+    first_bad: Tensor | None = None  # on a GPU: (step, loss) of the first non-finite loss, step -1 while none
     evaluated_on: str = "test"  # what test_set is: "test", or "validation" carved from the training images
 
     def __post_init__(self) -> None:
@@ -210,8 +211,10 @@ def _train_step(run: _Run, images: Tensor, labels: Tensor, loss_fn) -> tuple[Ten
         loss = F.cross_entropy(logits.float(), targets, label_smoothing=c.label_smoothing)
     else:
         loss = loss_fn(output, targets, images_in)
-    if not torch.isfinite(loss):
-        raise _non_finite(run, loss)
+    if _defer_finite_check(run.device):
+        _note_non_finite(run, loss)
+    elif not torch.isfinite(loss):
+        raise _non_finite(run, loss.item(), run.step)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     if c.grad_clip > 0:
@@ -226,7 +229,45 @@ def _train_step(run: _Run, images: Tensor, labels: Tensor, loss_fn) -> tuple[Ten
     return loss, logits
 
 
-def _non_finite(run: _Run, loss: Tensor) -> NonFiniteLossError:
+# Checking the loss on the host every step makes the host wait for the GPU every step, so the GPU idles while
+# Python prepares the next step's kernels. On an accelerator the first non-finite loss is noted on the device
+# instead and looked at every CHECK_EVERY steps and at the end of the epoch, before anything is saved: the run
+# stops a few steps later than it could, in the same epoch, with the same message and the same checkpoint kept.
+CHECK_EVERY = 50
+
+
+def _defer_finite_check(device: torch.device) -> bool:
+    return device.type != "cpu"
+
+
+def _note_non_finite(run: _Run, loss: Tensor) -> None:
+    """Keep (step, loss) of the first non-finite loss in ``run.first_bad``, with no copy to or from the host."""
+    if run.first_bad is None:
+        run.first_bad = torch.full((2,), -1.0, device=run.device)  # float32: MPS has no float64
+    step = torch.full((), float(run.step), device=run.device)  # a fill, not a copy (exact below 2**24)
+    found = (run.first_bad[0] < 0) & ~torch.isfinite(loss.detach())
+    run.first_bad = torch.where(found, torch.stack([step, loss.detach().float()]), run.first_bad)
+
+
+def _check_finite(run: _Run) -> None:
+    """Raise for a non-finite loss noted by :func:`_note_non_finite` (one wait for the device)."""
+    if run.first_bad is not None:
+        step, loss = run.first_bad.tolist()
+        if step >= 0:
+            raise _non_finite(run, loss, int(step))
+
+
+def _lr_at(run: _Run, step: int) -> float:
+    """The learning rate the schedule gave step ``step`` (0-based, counted over the run)."""
+    scheduler = run.scheduler
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        steps_in_phase = scheduler.last_epoch - (run.step - step)
+        return scheduler.base_lrs[0] * scheduler.lr_lambdas[0](steps_in_phase)
+    return scheduler.get_last_lr()[0]
+
+
+def _non_finite(run: _Run, loss: float, step: int) -> NonFiniteLossError:
+    """``step``: the optimiser steps taken before the one whose loss was ``loss``."""
     where = run.checkpoint
     if where is None:
         kept = ""
@@ -235,8 +276,8 @@ def _non_finite(run: _Run, loss: Tensor) -> NonFiniteLossError:
     else:
         kept = f"No checkpoint was written yet ({where} is written at the end of each epoch). "
     return NonFiniteLossError(
-        f"the loss became {loss.item()} at epoch {run.epoch + 1}, step {run.step + 1} (learning rate "
-        f"{run.scheduler.get_last_lr()[0]:.3g}); training stopped. {kept}"
+        f"the loss became {loss} at epoch {run.epoch + 1}, step {step + 1} (learning rate "
+        f"{_lr_at(run, step):.3g}); training stopped. {kept}"
         "Try a lower --lr, a longer --warmup-epochs, --grad-clip 1, or --amp off.")
 
 
@@ -269,8 +310,11 @@ def _train_one_epoch(run: _Run, loss_fn, progress: bool) -> dict:
         if progress and (batch % 50 == 1 or batch == steps):
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
                             img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        if batch % CHECK_EVERY == 0:
+            _check_finite(run)
         if _steps_done(run):
             break
+    _check_finite(run)  # before the epoch is recorded or saved
     seconds = done["seconds"] + time.perf_counter() - t0
     finished = batch == steps
     run.partial = None if finished else {"batches": batch, "loss_sum": loss_sum.item(), "correct": correct.item(),

@@ -13,8 +13,9 @@ What it measures, in this order, writing the JSON again after each part (a kill 
    fatal; a variant that would not fit before the rounds' reserve of time is skipped, and recorded so.
    ``baseline`` is what ``fit`` does today for the preset: eager, the preset's autocast, ``build_optimizer``
    (AdamW, fused on CUDA), batch 512, data on the device augmented by the package's loader (crop, flip,
-   batched TrivialAugment) and ``mixup_cutmix``, the finite-loss check (a host sync), grad clipping, the
-   scheduler and the epoch's running sums. The others change one or two things (``variants()`` says what);
+   batched TrivialAugment) and ``mixup_cutmix``, the finite-loss check (deferred: noted on the device, read
+   every ``CHECK_EVERY`` steps), grad clipping, the scheduler and the epoch's running sums. The others change
+   one or two things (``variants()`` says what);
 4. ``torch.profiler`` over a few baseline steps (and the first compiled variant's): the top ops by device time
    (CPU time on a CPU), and the step's time split into its phases (loader, mixup, forward, finite check,
    backward, optimizer, sums) by the kernel time launched inside each and by the host's time in each;
@@ -43,7 +44,7 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
-from contextlib import nullcontext  # noqa: E402
+from contextlib import contextmanager, nullcontext  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -58,9 +59,12 @@ from vit_from_scratch.loaders import make_loader, mixup_cutmix  # noqa: E402
 from vit_from_scratch.model import VisionTransformer  # noqa: E402
 from vit_from_scratch.recipe import (autocast_dtype, build_optimizer, param_groups, preset,  # noqa: E402
                                      warmup_cosine)
+from vit_from_scratch import loaders, policies  # noqa: E402
 from vit_from_scratch.runtime import environment_report, pick_device, synchronize  # noqa: E402
+from vit_from_scratch.training import CHECK_EVERY  # noqa: E402
 
 PRESET = "cifar10-gpu"
+SYNC_STEPS = 3  # steps under CUDA's sync debug mode, per variant, after its warm-up
 PHASES = ("loader", "mixup", "forward", "finite check", "backward", "optimizer", "sums")
 TINY_MODEL = {"dim": 32, "depth": 2, "num_heads": 2}
 
@@ -73,7 +77,10 @@ class Variant:
     compile_mode: str | None = None  # None: eager; "default": torch.compile's default mode
     optimizer: str = "preset"  # preset (build_optimizer), foreach (AdamW, fused off), muon (build_optimizer's)
     source: str = "loader"  # loader: fit's path; fixed: one augmented batch again and again; loader-only: no model
-    sync_check: bool = True  # fit's `if not torch.isfinite(loss)`: a host sync every step
+    # fit's finite-loss check: "deferred" (noted on the device, read every training.CHECK_EVERY steps, as fit
+    # does on a GPU), "every-step" (read on the host every step: a host sync, as fit did before) or "none"
+    finite_check: str = "deferred"
+    blocking_copies: bool = False  # the augmentation's host draws copied with a plain .to (as before): host syncs
     build_estimate_s: float = 5.0  # the least time it needs (compilation) before the rounds' reserve
 
 
@@ -85,7 +92,10 @@ def variants(batch: int) -> dict[str, Variant]:
                   source="loader-only"),
           Variant("model-only", "the model step alone: one augmented batch again and again (no loader, no mixup)",
                   source="fixed"),
-          Variant("no-sync-check", "baseline without the finite-loss check's host sync", sync_check=False),
+          Variant("sync-every-step", "fit before: the finite-loss check read on the host every step",
+                  finite_check="every-step"),
+          Variant("blocking-copies", "fit before: the augmentation's host draws copied with a plain .to "
+                  "(a host sync each, about six a step)", blocking_copies=True),
           Variant("foreach-optimizer", "baseline with AdamW fused=False, foreach=True", optimizer="foreach"),
           Variant("muon-optimizer", "baseline with optimizer='muon' (MuonAdamW)", optimizer="muon"),
           Variant(f"batch-{2 * batch}", "baseline at twice the batch (images/s only; lr scaled linearly)",
@@ -98,8 +108,6 @@ def variants(batch: int) -> dict[str, Variant]:
                   compile_mode="reduce-overhead", build_estimate_s=90),
           Variant("compile-max-autotune-no-cudagraphs", "torch.compile mode='max-autotune-no-cudagraphs'",
                   compile_mode="max-autotune-no-cudagraphs", build_estimate_s=150),
-          Variant("compile-no-sync-check", "compile without the finite-loss check's host sync",
-                  compile_mode="default", sync_check=False, build_estimate_s=20),
           Variant(f"compile-batch-{4 * batch}", "compile at four times the batch (lr scaled linearly)",
                   batch_mult=4, compile_mode="default", build_estimate_s=60),
           Variant("compile-max-autotune", "torch.compile mode='max-autotune' (autotuned kernels, CUDA graphs)",
@@ -248,6 +256,7 @@ class Trainer:
         self.fixed = self._mixed(*next(self.batches)) if v.source == "fixed" else None
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device)
+        self.bad, self.steps = torch.zeros((), dtype=torch.bool, device=device), 0
 
     def _optimizer(self, steps_per_epoch: int):
         if self.v.optimizer != "foreach":
@@ -283,9 +292,9 @@ class Trainer:
         if self.fixed is not None:
             images_in, targets, labels = self.fixed
         else:
-            with self._phase("loader"):
+            with self._phase("loader"), self._copies():
                 images, labels = next(self.batches)
-            with self._phase("mixup"):
+            with self._phase("mixup"), self._copies():
                 images_in, targets, labels = self._mixed(images, labels)
             if self.v.source == "loader-only":
                 return
@@ -293,10 +302,16 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
                 logits = self.forward(images_in)
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=c.label_smoothing)
-        if self.v.sync_check:
+        self.steps += 1
+        if self.v.finite_check == "every-step":
             with self._phase("finite check"):
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{self.v.name}: the loss became {loss.item()}")
+        elif self.v.finite_check == "deferred":
+            with self._phase("finite check"):
+                self.bad |= ~torch.isfinite(loss.detach())
+                if self.steps % CHECK_EVERY == 0 and self.bad:
+                    raise FloatingPointError(f"{self.v.name}: a loss in the last {CHECK_EVERY} steps was not finite")
         with self._phase("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -310,6 +325,36 @@ class Trainer:
         with self._phase("sums"):
             self.loss_sum += loss.detach() * labels.numel()
             self.correct += (logits.argmax(1) == labels).sum()
+
+    @contextmanager
+    def _copies(self):
+        """For ``blocking_copies``: the package's host-to-device copies made with a plain ``.to``, as before."""
+        if not self.v.blocking_copies:
+            yield
+            return
+        saved = loaders.to_device, policies.to_device
+        loaders.to_device = policies.to_device = lambda tensor, device: tensor.to(device)
+        try:
+            yield
+        finally:
+            loaders.to_device, policies.to_device = saved
+
+    def host_syncs_per_step(self, steps: int) -> float | None:
+        """Host waits per step, counted by CUDA's sync debug mode (a warning per synchronising call); None off
+        CUDA."""
+        if self.device.type != "cuda":
+            return None
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                for _ in range(steps):
+                    self.step()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught) / steps
 
     def images_per_s(self, steps: int) -> float:
         synchronize(self.device)
@@ -480,7 +525,8 @@ def build_all(chosen, data, stats, args, device, dtype, report, left) -> dict[st
                 synchronize(device)
                 trainers[v.name] = trainer
                 entry.update(status="ok", batch=trainer.batch, lr=trainer.config.lr,
-                             optimizer_impl=trainer.describe_optimizer())
+                             optimizer_impl=trainer.describe_optimizer(),
+                             host_syncs_per_step=trainer.host_syncs_per_step(SYNC_STEPS))
             except Exception as error:
                 entry.update(status="failed", error=f"{type(error).__name__}: {error}"[:2000],
                              traceback=traceback.format_exc()[-3000:])
@@ -567,6 +613,10 @@ def print_summary(report: dict) -> None:
         print(f"{name:>36} | {e['batch']:>5} | {e['median_images_per_s']:9.0f} | {lo:8.0f}-{hi:<10.0f} | "
               f"{e.get('ratio_median', float('nan')):5.2f} | {tf:>7} | {mfu:>6} | {e.get('verdict', '')}"
               + ("" if e["status"] == "ok" else f" ({e['status']})"))
+    syncs = {n: e["host_syncs_per_step"] for n, e in report["variants"].items()
+             if e.get("host_syncs_per_step") is not None}
+    if syncs:
+        print("host syncs per step (CUDA sync debug mode): " + ", ".join(f"{n} {k:.1f}" for n, k in syncs.items()))
     for name, p in report["profiles"].items():
         split = p.get("split")
         if split:
@@ -603,7 +653,8 @@ def main(argv=None) -> None:
                            "augmentation": {k: getattr(config, k) for k in ("policy", "mixup", "cutmix", "padding",
                                                                             "flip")}},
               "variants": {v.name: {"description": v.description, "compile_mode": v.compile_mode,
-                                    "optimizer": v.optimizer, "input": v.source, "sync_check": v.sync_check,
+                                    "optimizer": v.optimizer, "input": v.source, "finite_check": v.finite_check,
+                                    "blocking_copies": v.blocking_copies,
                                     "batch": args.batch * v.batch_mult, "status": "not reached"} for v in chosen},
               "profiles": {}, "rounds": {"done": 0, "seconds": [], "stopped_by_time_limit": False},
               "notes": ["batch-N variants: images/s only; their lr is scaled linearly for the record, and accuracy "
