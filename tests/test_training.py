@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 from dataclasses import replace
 
 import pytest
@@ -481,3 +482,12 @@ def test_the_room_check_counts_the_old_and_the_new_checkpoint(tmp_path, monkeypa
         _quiet(_config(), out_dir=tmp_path / "run", resume=True)
     free[0] = 2 * size - held
     assert len(_quiet(_config(), out_dir=tmp_path / "run", resume=True).history) == 2
+
+
+def test_the_committed_seed_1_run_is_still_the_cpu_preset_with_seed_1():
+    """Chapter 6 sets the committed seed-1 run (tests/benchmarks/results) beside its own seed-0 run and asserts
+    that both ran one recipe: the stored config, read with today's defaults for the fields added since (random
+    erasing and repeated augmentation, both off), must be the preset's with seed 1."""
+    path = Path(__file__).parent / "benchmarks" / "results" / "cifar10-cpu-seed1-cpu-2core.json"
+    stored = json.loads(path.read_text())["config"]
+    assert TrainConfig.from_dict(stored) == preset("cifar10-cpu", seed=1)
