@@ -136,35 +136,18 @@ def test_code_reads_on_the_online_page(path):
 
 
 # A code cell shows one idea in about 25 lines (DESIGN.md); loops, tables and figures go to the package or to
-# hide-input cells. 35 is the hard stop that catches a cell growing back. Chapter 6's long cells wait for its
-# next full execution, which issue 27's GPU results will bring (its outputs must come from a real run).
-CELL_LINES, LONG_CELLS_PENDING = 35, {"06_training.ipynb"}
+# hide-input cells. 35 is the hard stop that catches a cell growing back.
+CELL_LINES = 35
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
 def test_visible_code_cells_show_one_idea_in_a_few_lines(path):
-    if path.name in LONG_CELLS_PENDING:
-        pytest.skip(f"{path.name}: its long cells are split at its next full execution")
     hidden = {"hide-input", "remove-input", "remove-cell", "hide-cell"}
     long = [(i, len(_source(cell).splitlines())) for i, cell in enumerate(_cells(path))
             if cell["cell_type"] == "code" and not hidden & set(cell.get("metadata", {}).get("tags", []))
             and len(_source(cell).splitlines()) > CELL_LINES]
     assert not long, (f"{path.name}: visible code cells over {CELL_LINES} lines (cell, lines): {long}; split them "
                       "or move loops, tables and figures into the package or a hide-input cell")
-
-
-# Edits that wait for a chapter's full execution are kept as patches in .pending/ (its README.txt says why);
-# a later edit of the same chapter must not leave them unappliable.
-PENDING = sorted((ROOT / ".pending").glob("*.patch"))
-
-
-@pytest.mark.parametrize("patch", PENDING, ids=lambda p: p.name)
-def test_pending_patches_still_apply(patch):
-    import subprocess
-
-    done = subprocess.run(["git", "apply", "--check", str(patch)], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, (f"{patch.relative_to(ROOT)} no longer applies ({done.stderr.strip()}); "
-                                  "rebase it on the chapter as it is now")
 
 
 # Paths of the machine that executed a notebook: they mean nothing to a reader and leak the runner's layout.
