@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from _tiny_runs import TEST, TRAIN, tiny_config
-from vit_from_scratch import training
+from vit_from_scratch import loss_guard, training
 from vit_from_scratch.data import ImageSet
 from vit_from_scratch.loaders import make_loader, mixup_cutmix
 from vit_from_scratch.model import VisionTransformer
@@ -98,7 +98,7 @@ def _nan_from(first):
 
 
 def _nan_message(tmp_path, monkeypatch, defer, first):
-    monkeypatch.setattr(training, "_defer_finite_check", lambda device: defer)
+    monkeypatch.setattr(loss_guard, "defer_check", lambda device: defer)
     monkeypatch.setattr(VisionTransformer, "forward", _nan_from(first))
     with pytest.raises(NonFiniteLossError) as info:
         fit(tiny_config(epochs=3), train_set=TRAIN, test_set=TEST, out_dir=tmp_path, **COMMON)
@@ -114,7 +114,7 @@ def test_deferred_check_stops_with_the_same_message_as_the_immediate_one(tmp_pat
 
 
 def test_deferred_check_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(training, "_defer_finite_check", lambda device: True)
+    monkeypatch.setattr(loss_guard, "defer_check", lambda device: True)
     config = tiny_config(epochs=3)
     fit(config, train_set=TRAIN, test_set=TEST, out_dir=tmp_path, stop_after_epochs=1, **COMMON)
     good = (tmp_path / "last.pt").read_bytes()
@@ -125,14 +125,14 @@ def test_deferred_check_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
 
 
 def _host_reads_in_training_loop(n_train, monkeypatch):
-    """Reads of a tensor's value on the host made by training.py itself during one fit."""
-    monkeypatch.setattr(training, "_defer_finite_check", lambda device: True)
+    """Reads of a tensor's value on the host made by training.py and loss_guard.py during one fit."""
+    monkeypatch.setattr(loss_guard, "defer_check", lambda device: True)
     reads = []
     for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
         original = getattr(torch.Tensor, name)
 
         def spy(self, *args, _original=original, _name=name, **kwargs):
-            if sys._getframe(1).f_code.co_filename == training.__file__:
+            if sys._getframe(1).f_code.co_filename in (training.__file__, loss_guard.__file__):
                 reads.append(_name)
             return _original(self, *args, **kwargs)
 

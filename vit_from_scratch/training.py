@@ -30,16 +30,13 @@ from .checkpoints import (CheckpointError, atomic_write, check_room, checkpoint_
 from .data import ImageSet, channel_stats, check_classes, load_cifar10, resize_images
 from .evaluation import LOG_NAMES, check_evaluated_on, evaluate, evaluate_shards, refuse_other_set, test_once
 from .loaders import make_loader, mixup_cutmix
+from .loss_guard import CHECK_EVERY, LossGuard, NonFiniteLossError, lr_at, non_finite_error
 from .model import VisionTransformer, to_resolution
 from .parallel import SingleProcess
 from .recipe import Phase, TrainConfig, autocast_dtype, build_optimizer, config_differences
 from .runtime import pick_device, seed_offset
 
 __all__ = ["evaluate", "fit", "FitResult", "NonFiniteLossError"]
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint, if one was written, is kept."""
 
 
 @dataclass
@@ -106,6 +103,7 @@ class _Run:
     phases: list[Phase] = field(init=False)
     dtype: torch.dtype | None = field(init=False)  # autocast's
     scaler: torch.amp.GradScaler = field(init=False)
+    guard: LossGuard = field(init=False)  # the first non-finite loss
     index: int = 0  # the phase
     epoch: int = 0  # epochs finished
     step: int = 0  # optimiser steps taken
@@ -119,13 +117,13 @@ class _Run:
     optimizer: Any = None
     scheduler: Any = None
     average: WeightAverage | None = None  # config.ema's average of the weights, which is evaluated
-    first_bad: Tensor | None = None  # on a GPU: (step, loss) of the first non-finite loss, step -1 while none
     evaluated_on: str = "test"  # what test_set is: "test", or "validation" carved from the training images
 
     def __post_init__(self) -> None:
         self.phases = self.config.phases()
         self.dtype = autocast_dtype(self.config.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.guard = LossGuard(self.device)
         self.resized[self.config.model.image_size] = (self.train_set, self.test_set)
 
 
@@ -211,10 +209,9 @@ def _train_step(run: _Run, images: Tensor, labels: Tensor, loss_fn) -> tuple[Ten
         loss = F.cross_entropy(logits.float(), targets, label_smoothing=c.label_smoothing)
     else:
         loss = loss_fn(output, targets, images_in)
-    if _defer_finite_check(run.device):
-        _note_non_finite(run, loss)
-    elif not torch.isfinite(loss):
-        raise _non_finite(run, loss.item(), run.step)
+    run.guard.note(loss, run.step)
+    if not run.guard.deferred:  # on a CPU: at once, before the step
+        _check_finite(run)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     if c.grad_clip > 0:
@@ -229,56 +226,13 @@ def _train_step(run: _Run, images: Tensor, labels: Tensor, loss_fn) -> tuple[Ten
     return loss, logits
 
 
-# Checking the loss on the host every step makes the host wait for the GPU every step, so the GPU idles while
-# Python prepares the next step's kernels. On an accelerator the first non-finite loss is noted on the device
-# instead and looked at every CHECK_EVERY steps and at the end of the epoch, before anything is saved: the run
-# stops a few steps later than it could, in the same epoch, with the same message and the same checkpoint kept.
-CHECK_EVERY = 50
-
-
-def _defer_finite_check(device: torch.device) -> bool:
-    return device.type != "cpu"
-
-
-def _note_non_finite(run: _Run, loss: Tensor) -> None:
-    """Keep (step, loss) of the first non-finite loss in ``run.first_bad``, with no copy to or from the host."""
-    if run.first_bad is None:
-        run.first_bad = torch.full((2,), -1.0, device=run.device)  # float32: MPS has no float64
-    step = torch.full((), float(run.step), device=run.device)  # a fill, not a copy (exact below 2**24)
-    found = (run.first_bad[0] < 0) & ~torch.isfinite(loss.detach())
-    run.first_bad = torch.where(found, torch.stack([step, loss.detach().float()]), run.first_bad)
-
-
 def _check_finite(run: _Run) -> None:
-    """Raise for a non-finite loss noted by :func:`_note_non_finite` (one wait for the device)."""
-    if run.first_bad is not None:
-        step, loss = run.first_bad.tolist()
-        if step >= 0:
-            raise _non_finite(run, loss, int(step))
-
-
-def _lr_at(run: _Run, step: int) -> float:
-    """The learning rate the schedule gave step ``step`` (0-based, counted over the run)."""
-    scheduler = run.scheduler
-    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-        steps_in_phase = scheduler.last_epoch - (run.step - step)
-        return scheduler.base_lrs[0] * scheduler.lr_lambdas[0](steps_in_phase)
-    return scheduler.get_last_lr()[0]
-
-
-def _non_finite(run: _Run, loss: float, step: int) -> NonFiniteLossError:
-    """``step``: the optimiser steps taken before the one whose loss was ``loss``."""
-    where = run.checkpoint
-    if where is None:
-        kept = ""
-    elif where.exists():
-        kept = f"The last good checkpoint is kept at {where}. "
-    else:
-        kept = f"No checkpoint was written yet ({where} is written at the end of each epoch). "
-    return NonFiniteLossError(
-        f"the loss became {loss} at epoch {run.epoch + 1}, step {step + 1} (learning rate "
-        f"{_lr_at(run, step):.3g}); training stopped. {kept}"
-        "Try a lower --lr, a longer --warmup-epochs, --grad-clip 1, or --amp off.")
+    """Stop for a non-finite loss the guard has noted (:mod:`.loss_guard`)."""
+    bad = run.guard.found()
+    if bad is not None:
+        step, loss = bad
+        raise non_finite_error(loss, epoch=run.epoch, step=step, lr=lr_at(run.scheduler, run.step, step),
+                               checkpoint=run.checkpoint)
 
 
 def _steps_done(run: _Run) -> bool:

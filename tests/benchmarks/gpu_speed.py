@@ -61,7 +61,7 @@ from vit_from_scratch.recipe import (autocast_dtype, build_optimizer, param_grou
                                      warmup_cosine)
 from vit_from_scratch import loaders, policies  # noqa: E402
 from vit_from_scratch.runtime import environment_report, pick_device, synchronize  # noqa: E402
-from vit_from_scratch.training import CHECK_EVERY  # noqa: E402
+from vit_from_scratch.loss_guard import CHECK_EVERY  # noqa: E402
 
 PRESET = "cifar10-gpu"
 SYNC_STEPS = 3  # steps under CUDA's sync debug mode, per variant, after its warm-up
