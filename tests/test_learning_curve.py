@@ -77,16 +77,30 @@ def test_compare_needs_two_seeds_per_arm():
 
 
 def test_epochs_for_steps_gives_every_size_the_same_number_of_steps():
-    import math
-
     from vit_from_scratch.learning_curve import epochs_for_steps
 
     epochs = epochs_for_steps([2000, 250, 500], 800, 25)
     assert epochs == {250: 80, 500: 40, 2000: 10}
     assert {n * e // 25 for n, e in epochs.items()} == {800}
-    assert epochs_for_steps([30], 6, 25) == {30: 3} and math.ceil(30 / 25) * 3 == 6  # last batch smaller
     with pytest.raises(ValueError, match="whole epochs"):
         epochs_for_steps([250, 300], 100, 25)
+    with pytest.raises(ValueError, match="no full batch"):
+        epochs_for_steps([20], 6, 25)
+
+
+def test_epochs_for_steps_counts_the_steps_fits_loader_makes():
+    """fit's training loader drops the last, incomplete batch: 130 images at batch 12 are 10 steps an epoch,
+    not 11, so 20 steps are 2 epochs."""
+    from vit_from_scratch.learning_curve import epochs_for_steps
+    from vit_from_scratch.loaders import make_loader
+
+    data = ImageSet(torch.zeros(130, 3, 8, 8, dtype=torch.uint8), torch.arange(130) % 10,
+                    tuple(str(i) for i in range(10)))
+    loader = make_loader(data, 12, train=True, mean=(0.5,) * 3, std=(0.5,) * 3)
+    assert len(loader) == 10 == sum(1 for _ in loader)
+    assert epochs_for_steps([130], 20, 12) == {130: 2}
+    with pytest.raises(ValueError, match="whole epochs"):
+        epochs_for_steps([130], 22, 12)  # 11 steps an epoch would have fitted twice
 
 
 def test_accuracy_interval_is_wilsons():

@@ -62,15 +62,18 @@ def nested_subsets(data: ImageSet, sizes: Sequence[int], *, seed: int = 0) -> di
 def epochs_for_steps(sizes: Sequence[int], steps: int, batch_size: int) -> dict[int, int]:
     """``{n: epochs}`` such that a training set of ``n`` images gets exactly ``steps`` optimiser steps.
 
-    An epoch of ``n`` images at ``batch_size`` is ``ceil(n / batch_size)`` steps (the last batch may be
-    smaller, as ``fit``'s loader makes it); every size must divide ``steps`` into whole epochs.
+    An epoch of ``n`` images at ``batch_size`` is ``n // batch_size`` steps: ``fit``'s training loader
+    drops the last, incomplete batch. Every size must divide ``steps`` into whole epochs.
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
     epochs = {}
     for n in sorted(int(n) for n in sizes):
-        per_epoch = math.ceil(n / batch_size)
-        if n < 1 or steps % per_epoch:
+        per_epoch = n // batch_size
+        if per_epoch < 1:
+            raise ValueError(f"{n} images make no full batch of {batch_size}, and fit's training loader drops "
+                             "an incomplete batch; use at least batch_size images or a smaller batch")
+        if steps % per_epoch:
             raise ValueError(f"{n} images at batch {batch_size} make {per_epoch} steps per epoch, which does not "
                              f"divide {steps} steps into whole epochs; choose steps as a multiple of the steps "
                              "per epoch of every size (e.g. sizes that are multiples of the batch size)")
