@@ -130,6 +130,25 @@ def test_checkpoint_write_is_atomic(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
 
 
+def test_checkpoint_bytes_reach_the_disk_before_the_rename_and_the_rename_after(tmp_path, monkeypatch):
+    """A power cut after a rename whose file was never flushed can leave an empty last.pt: atomic_write
+    fsyncs the temporary file before os.replace and the folder after it."""
+    import os
+
+    from vit_from_scratch import checkpoints
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(checkpoints.os, "fsync", lambda fd: (events.append(("fsync", os.fstat(fd).st_ino)),
+                                                             real_fsync(fd))[1])
+    monkeypatch.setattr(checkpoints.os, "replace", lambda a, b: (events.append(("replace", str(b))),
+                                                                  real_replace(a, b))[1])
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, a=torch.ones(3))
+    assert events == [("fsync", path.stat().st_ino), ("replace", str(path)), ("fsync", tmp_path.stat().st_ino)]
+    assert torch.equal(load_checkpoint(path)["a"], torch.ones(3))
+
+
 def test_class_count_mismatch_is_explained():
     with pytest.raises(ValueError, match="num_classes"):
         fit(_config(model={**TINY_MODEL, "num_classes": 10}), train_set=TRAIN, test_set=TEST, device="cpu",
