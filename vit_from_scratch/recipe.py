@@ -202,8 +202,8 @@ class Phase:
 # validation (45,000 training images, the 5,000-image validation split) at the end of this very schedule
 # (10 epochs at 16 px + 7 at 32 px), two seeds each, one rule (learning_curve.compare_seeds with the binomial
 # floor; tests/benchmarks/results/select-full-schedule-cpu-2core.json): Muon 78.2% against AdamW 72.0%
-# (+6.2 points, noise 1.7); a moving average of the weights (EMA 0.9995) +0.1 points on Muon, within noise, so
-# the plainer choice (no EMA) stands. The phase lengths are a budget decision: Muon's CPU cost per step
+# (+6.2 points, noise 1.7); a moving average of the weights (EMA, decay capped at 0.9995) +0.1 points on
+# Muon, within noise, so the plainer choice (no EMA) stands. The phase lengths are a budget decision: Muon's CPU cost per step
 # (tests/benchmarks/results/optimizer-cpu-2core.json) times the old recipe's epoch times, shortened until
 # the expected training time leaves a margin under 45 minutes. Batch 64 is an older default, from two-epoch
 # probes on test accuracy before the book had a validation split; it has not been measured again.
