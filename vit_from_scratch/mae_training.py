@@ -2,9 +2,9 @@
 learning-rate decay, and the probes a pretrained encoder is compared with (raw pixels, kNN).
 
 MAE (He et al., 2022) scales every learning rate with the batch, ``lr = base_lr · batch / 256``, and
-fine-tunes with *layer-wise learning-rate decay*: the head and last block learn at the full rate, each
-block below at ``layer_decay`` times the rate of the block above it, the patch embedding, class token and
-positions at the lowest; early layers, which pretraining made most general, move least.
+fine-tunes with *layer-wise learning-rate decay*: the head and the final norm learn at the full rate, the
+last block at ``layer_decay`` times it, each block below at ``layer_decay`` times the rate of the block
+above it, the patch embedding, class token and positions at the lowest; early layers, which pretraining made most general, move least.
 
 Letters: n images, D feature width, K classes, k neighbours.
 """
