@@ -432,3 +432,34 @@ def test_to_8bit_scales_32_bit_integer_images_holding_16_bit_values_and_refuses_
     assert to_8bit(eight) is eight  # 8-bit images pass unchanged
     with pytest.raises(ValueError, match="0..65535"):
         to_8bit(Image.fromarray(np.array([[0, 70000]], np.int32)))
+
+
+def test_nearest_similarity_finds_copies_across_brightness_and_chunks():
+    from vit_from_scratch.data import nearest_similarity
+
+    g = torch.Generator().manual_seed(0)
+    reference = torch.randint(0, 256, (50, 3, 8, 8), generator=g, dtype=torch.uint8)
+    brighter = (reference[[7, 31]].float() * 0.5 + 60).round().to(torch.uint8)  # re-exposed copies
+    fresh = torch.randint(0, 256, (20, 3, 8, 8), generator=g, dtype=torch.uint8)
+    sim, index = nearest_similarity(torch.cat([brighter, fresh]), reference)
+    assert index[:2].tolist() == [7, 31] and (sim[:2] > 0.999).all()
+    assert sim[2:].max() < 0.5, "unrelated noise images are not near-copies"
+    small = nearest_similarity(torch.cat([brighter, fresh]), reference, chunk=3)
+    assert torch.allclose(small[0], sim) and torch.equal(small[1], index)
+    with pytest.raises(ValueError, match="one image shape"):
+        nearest_similarity(fresh, reference[:, :, :4])
+
+
+def test_nearest_similarity_tells_a_leaky_split_from_a_clean_one():
+    """A held-out set built from noisy copies of training images has near-copies for every image; a held-out
+    set of other images from the same source has none: the measure can fail a split."""
+    from vit_from_scratch.data import nearest_similarity
+
+    g = torch.Generator().manual_seed(1)
+    smooth = torch.nn.functional.interpolate(torch.rand(120, 3, 4, 4, generator=g), size=16, mode="bilinear")
+    images = (smooth * 255).round().to(torch.uint8)  # 120 different smooth pictures
+    train, clean = images[:100], images[100:]
+    noisy = (train[:20].float() + 8 * torch.randn(20, 3, 16, 16, generator=g)).clamp(0, 255).to(torch.uint8)
+    leaky_sim, _ = nearest_similarity(noisy, train)
+    clean_sim, _ = nearest_similarity(clean, train)
+    assert (leaky_sim >= 0.95).all() and (clean_sim < 0.95).all()
