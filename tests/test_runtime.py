@@ -242,3 +242,14 @@ def test_results_file_finds_the_repository_results_from_below_and_none_elsewhere
     assert results_file("probe.jsonl", book) == folder / "probe.jsonl"
     assert results_file("missing.jsonl", book) is None
     assert results_file("probe.jsonl", tmp_path / "elsewhere") is None
+
+
+def test_device_of_reads_the_device_from_an_environment_report():
+    from vit_from_scratch.runtime import device_of
+
+    line = environment_report(torch.device("cpu"))
+    assert device_of(line).startswith("CPU (") and "threads" not in device_of(line)
+    assert device_of("device: CPU (AMD EPYC, 2 cores) | threads 2 | torch 2.14.1 | mode: full") == \
+        "CPU (AMD EPYC, 2 cores)"
+    with pytest.raises(ValueError, match="not an environment_report line"):
+        device_of("threads 2 | torch 2.14.1")

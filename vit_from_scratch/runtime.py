@@ -24,7 +24,7 @@ import torch
 
 __all__ = ["pick_device", "seed_everything", "seed_offset", "is_quick", "budget", "environment_report",
            "synchronize", "to_device", "Timing", "benchmark", "run_side_by_side", "network_available", "claim",
-           "results_file"]
+           "results_file", "device_of"]
 
 T = TypeVar("T")
 
@@ -151,6 +151,17 @@ def environment_report(device: torch.device | None = None,
     if seed_offset():
         parts.append(f"VIT_SEED {seed_offset()}")
     return " | ".join([*parts, f"mode: {mode}"])
+
+
+def device_of(report: str) -> str:
+    """The device named in an :func:`environment_report` line, e.g. ``"CPU (AMD EPYC, 2 cores)"``.
+
+    Results files keep the report of the machine that made them; this reads which machine that was, so that
+    minutes measured on different machines are never shown as if they came from one."""
+    first = report.split(" | ", 1)[0]
+    if not first.startswith("device: "):
+        raise ValueError(f"not an environment_report line (it starts 'device: ...'): {report[:80]!r}")
+    return first[len("device: "):]
 
 
 def synchronize(device: torch.device | str | None = None) -> None:
