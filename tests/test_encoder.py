@@ -45,6 +45,7 @@ def test_mlp_matches_timm_mlp():
     (dict(dim=16, mlp_ratio=0.0), "mlp_ratio must be positive"),
     (dict(dim=0), "widths must be positive"),
     (dict(dim=16, dropout=1.0), "dropout must be a probability in [0, 1)"),
+    (dict(dim=16, dropout=-0.1), "dropout must be a probability in [0, 1), got -0.1"),
 ])
 def test_mlp_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(")", r"\)").replace("(", r"\(")):
@@ -152,6 +153,13 @@ def test_block_rejects_tokens_of_the_wrong_shape():
         EncoderBlock(16, 2)(torch.randn(1, 5, 8))
 
 
+@pytest.mark.parametrize("rate", ["dropout", "attn_dropout", "drop_path"])
+@pytest.mark.parametrize("p", [-0.1, 1.0])
+def test_block_rejects_rates_outside_0_1(rate, p):
+    with pytest.raises(ValueError, match=rf"^{rate} must be a probability in \[0, 1\), got {p}; use 0.0"):
+        EncoderBlock(16, 2, **{rate: p})
+
+
 def test_block_rejects_bad_rates():
     with pytest.raises(ValueError, match="attn_dropout must be a probability"):
         EncoderBlock(16, 2, attn_dropout=1.0)
@@ -193,6 +201,13 @@ def test_encoder_matches_a_timm_stack():
     ref.load_state_dict(ours.state_dict())
     x = torch.randn(2, 10, 32)
     torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rates", [dict(drop_path=-0.1), dict(dropout=-0.1), dict(attn_dropout=-0.1)])
+def test_encoder_rejects_a_negative_rate(rates):
+    (name, p), = rates.items()
+    with pytest.raises(ValueError, match=rf"^{name} must be a probability in \[0, 1\), got {p}"):
+        Encoder(16, 2, 2, **rates)
 
 
 def test_encoder_rejects_an_empty_stack():

@@ -343,6 +343,15 @@ def test_wrong_image_size_names_the_expected_size_and_resize_pos_embed():
         model(torch.randn(1, 3, 48, 48))
 
 
+@pytest.mark.parametrize("size", [(32, 48), (30, 30), (30, 40)])  # not square, or not a multiple of 8
+def test_wrong_image_size_suggests_no_model_that_cannot_exist(size):
+    model = VisionTransformer(ViTConfig(**TINY))
+    advice = r"Resize the images to 32x32 \(a ViTConfig's images are square, with sides a multiple of its "
+    with pytest.raises(ValueError, match=advice + r"patch size, here 8 pixels; \d+x\d+ is not\)$") as info:
+        model(torch.randn(1, 3, *size))
+    assert "build a model" not in str(info.value) and "resize_pos_embed" not in str(info.value)
+
+
 def test_wrong_channels_and_channels_last_are_explained():
     model = VisionTransformer(ViTConfig(**TINY))
     with pytest.raises(ValueError, match="expected 3-channel images, got 1 channel "):

@@ -175,6 +175,14 @@ def test_resize_passes_gradients_to_the_trained_embedding():
 def test_sincos_2d_rejects_width_not_divisible_by_4():
     with pytest.raises(ValueError, match="divisible by 4; got 130.*128 or 132"):
         sincos_pos_embed_2d(14, 130)
+    with pytest.raises(ValueError, match=r"divisible by 4; got 2\. Use a width such as 4, or learned"):
+        sincos_pos_embed_2d(14, 2)  # one valid width nearby, not "4 or 4"
+
+
+@pytest.mark.parametrize("dim", [0, -3, -4])
+def test_sincos_2d_rejects_a_non_positive_width_on_its_own(dim):
+    with pytest.raises(ValueError, match=rf"width must be positive, got {dim}$"):
+        sincos_pos_embed_2d(14, dim)
 
 
 def test_sincos_1d_rejects_odd_width_and_non_1d_positions():
@@ -186,7 +194,7 @@ def test_sincos_1d_rejects_odd_width_and_non_1d_positions():
 
 def test_resize_rejects_a_grid_that_does_not_match_the_token_count():
     pos = torch.randn(1, 1 + 196, 8)
-    with pytest.raises(ValueError, match=r"old grid \(10, 10\) has 100 positions but the embedding holds 196"):
+    with pytest.raises(ValueError, match=r"old_grid=\(10, 10\) has 100 positions but the embedding holds 196"):
         resize_pos_embed(pos, 7, old_grid=10)
 
 
@@ -194,6 +202,24 @@ def test_resize_asks_for_old_grid_when_tokens_are_not_square():
     pos = torch.randn(1, 1 + 12, 8)
     with pytest.raises(ValueError, match="do not form a square grid; pass old_grid"):
         resize_pos_embed(pos, 4)
+
+
+def test_position_similarity_names_its_own_grid_parameter():
+    pos = torch.randn(1, 1 + 12, 8)  # a 3 x 4 grid: not square
+    with pytest.raises(ValueError, match=r"pass grid_size=\(rows, columns\)") as info:
+        position_similarity(pos)
+    assert "old_grid" not in str(info.value)
+    assert position_similarity(pos, grid_size=(3, 4)).shape == (3, 4, 3, 4)  # the advice works
+    with pytest.raises(ValueError, match=r"grid_size=\(2, 2\) has 4 positions"):
+        position_similarity(pos, grid_size=2)
+    with pytest.raises(ValueError, match="grid_size must be positive"):
+        position_similarity(pos, grid_size=(0, 4))
+
+
+def test_resize_antialias_changes_bicubic_growing_too():
+    pos = torch.randn(1, 1 + 16, 8)
+    plain, aa = resize_pos_embed(pos, 6), resize_pos_embed(pos, 6, antialias=True)
+    assert not torch.allclose(plain, aa, atol=1e-3)  # another cubic kernel, not a low-pass filter
 
 
 def test_resize_rejects_wrong_rank_and_bad_grids():

@@ -183,10 +183,15 @@ class VisionTransformer(nn.Module):
         B, C, H, W = images.shape
         check_channels(images, c.in_channels)
         if (H, W) != S:
+            if H == W and H % P == 0:  # a model for these images exists: say how to build it
+                other = (f", or build a model with image_size={H} and carry the trained position embedding "
+                         "over with vit_from_scratch.positions.resize_pos_embed")
+            else:  # image_size={H} would be refused: not square, or patches that do not fit
+                other = (f" (a ViTConfig's images are square, with sides a multiple of its patch size, "
+                         f"here {P} pixels; {H}x{W} is not)")
             raise ValueError(f"this model was built for {S[0]}x{S[1]} images (ViTConfig.image_size="
                              f"{c.image_size}: a grid of {h}×{w} patches of {P} pixels), got {H}x{W}. Resize the "
-                             f"images to {S[0]}x{S[1]}, or build a model with image_size={H} and carry the "
-                             "trained position embedding over with vit_from_scratch.positions.resize_pos_embed")
+                             f"images to {S[0]}x{S[1]}{other}")
 
     def embed(self, images: Tensor) -> Tensor:
         """Patches, class token and positions (eq. 1 of the ViT paper).

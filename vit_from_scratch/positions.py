@@ -88,11 +88,14 @@ def sincos_pos_embed_2d(grid_size: int | tuple[int, int], dim: int, *, num_prefi
     Shape:
         -> (1, num_prefix_tokens + h*w, dim)
     """
-    if dim <= 0 or dim % 4:
+    if dim <= 0:
+        raise ValueError(f"the embedding width must be positive, got {dim}")
+    if dim % 4:
+        below, above = dim - dim % 4, dim - dim % 4 + 4  # the multiples of 4 around dim
+        widths = f"{below} or {above}" if below else f"{above}"
         raise ValueError(f"2-D sine-cosine position embedding splits the width into 4 equal parts "
                          f"(sin/cos of the row and of the column), so it must be divisible by 4; got {dim}. "
-                         f"Use a width such as {max(4, dim - dim % 4)} or {dim + 4 - dim % 4}, "
-                         "or learned positions.")
+                         f"Use a width such as {widths}, or learned positions.")
     if num_prefix_tokens < 0:
         raise ValueError(f"num_prefix_tokens must be 0 or more, got {num_prefix_tokens}")
     h, w = _check_grid(grid_size, "grid_size")
@@ -105,8 +108,11 @@ def sincos_pos_embed_2d(grid_size: int | tuple[int, int], dim: int, *, num_prefi
 
 
 def _split_grid(pos_embed: Tensor, old_grid: int | tuple[int, int] | None,
-                num_prefix_tokens: int) -> tuple[int, int]:
-    """Check a ``(1, T + h*w, D)`` embedding against its grid; return ``(h, w)``."""
+                num_prefix_tokens: int, name: str = "old_grid") -> tuple[int, int]:
+    """Check a ``(1, T + h*w, D)`` embedding against its grid; return ``(h, w)``.
+
+    ``name`` is the caller's parameter for the grid, so that the messages name what to pass.
+    """
     if pos_embed.ndim != 3 or pos_embed.shape[0] != 1:
         raise ValueError(f"expected a position embedding shaped (1, tokens, dim), got {tuple(pos_embed.shape)}")
     if not 0 <= num_prefix_tokens < pos_embed.shape[1]:
@@ -117,11 +123,11 @@ def _split_grid(pos_embed: Tensor, old_grid: int | tuple[int, int] | None,
         side = int(round(n ** 0.5))
         if side * side != n:
             raise ValueError(f"{n} patch positions (after {num_prefix_tokens} prefix token(s)) do not form "
-                             "a square grid; pass old_grid=(rows, columns)")
+                             f"a square grid; pass {name}=(rows, columns)")
         return side, side
-    oh, ow = _check_grid(old_grid, "old_grid")
+    oh, ow = _check_grid(old_grid, name)
     if oh * ow != n:
-        raise ValueError(f"old grid {(oh, ow)} has {oh * ow} positions but the embedding holds {n} "
+        raise ValueError(f"{name}={(oh, ow)} has {oh * ow} positions but the embedding holds {n} "
                          f"patch positions after {num_prefix_tokens} prefix token(s); pass the grid the "
                          "embedding was trained with (image size // patch size)")
     return oh, ow
@@ -143,7 +149,9 @@ def resize_pos_embed(pos_embed: Tensor, new_grid: int | tuple[int, int], *,
         old_grid: the grid the embedding was made for; needed when it is not square.
         num_prefix_tokens: rows at the start that are not patches (1 for the class token).
         mode: ``"bicubic"`` (default, as timm and torchvision), ``"bilinear"`` or ``"nearest"``.
-        antialias: low-pass filter first when shrinking (timm does; torchvision does not).
+        antialias: PyTorch's antialiased resize (timm uses it; torchvision does not). It low-pass filters
+            when shrinking, and changes the result when growing too: with ``"bicubic"`` it uses another
+            cubic kernel (PIL's, a = -0.5, instead of a = -0.75).
 
     Shape:
         (1, T + h*w, D) -> (1, T + h'*w', D)
@@ -170,7 +178,7 @@ def position_similarity(pos_embed: Tensor, grid_size: int | tuple[int, int] | No
     Shape:
         (1, T + h*w, D) -> (h, w, h, w)
     """
-    h, w = _split_grid(pos_embed, grid_size, num_prefix_tokens)
+    h, w = _split_grid(pos_embed, grid_size, num_prefix_tokens, "grid_size")
     grid = F.normalize(pos_embed[0, num_prefix_tokens:].detach().float(), dim=-1)  # (N, D), unit rows
     sim = grid @ grid.T  # (N, N) cosine similarities
     return sim.reshape(h, w, h, w)  # (N, N) -> (h, w, h, w): query position first, then the map
