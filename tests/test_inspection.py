@@ -1,7 +1,7 @@
 """Chapter 13's inspection tools: tiles grouped from file numbers and mask overlap, splits that keep a
-tile on one side, the leak measure, the binary detector's curves and threshold, the focal loss, the
-balanced resample and the bootstrap interval, on cases whose answers are known (and the real tiles
-when VIT_DATA_DIR holds them)."""
+tile on one side, the two leak measures (mask repeats, and the closest image across the split), the
+binary detector's curves and threshold, the focal loss, the balanced resample and the bootstrap
+interval, on cases whose answers are known (and the real tiles when VIT_DATA_DIR holds them)."""
 
 import math
 import os
@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from vit_from_scratch.data import ImageSet
 from vit_from_scratch.inspection import (average_precision, balanced_resample, bootstrap_interval,
                                          detection_report, focal_loss, group_split, leaked, mask_iou,
-                                         parse_tile_name, pr_curve, roc_auc, threshold_for_recall,
-                                         tile_groups)
+                                         nearest_across, parse_tile_name, pr_curve, roc_auc,
+                                         threshold_for_recall, tile_groups)
 
 REAL = Path(os.environ.get("VIT_DATA_DIR", "/nonexistent"))
 
@@ -94,6 +94,48 @@ def test_leak_counts_held_out_small_defects_that_repeat_a_training_one():
     assert leaked(train, held, iou=0.4) == (2, 3)
 
 
+def _photographed(objects: int, shots: int, seed: int = 0) -> torch.Tensor:
+    """``objects`` random gray patterns, each photographed ``shots`` times under another lighting (gain,
+    offset, a brightness ramp) with sensor noise: (objects * shots, 3, 16, 16), one object's shots in a row."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(objects, 1, 1, 16, 16, generator=g)
+    ramp = torch.linspace(-1, 1, 16).view(1, 1, 1, 1, 16)
+    gain, offset, slope = (torch.rand(objects, shots, 1, 1, 1, generator=g) for _ in range(3))
+    shots_ = (0.5 + gain) * base + 2 * offset + slope * ramp + 0.3 * torch.randn(objects, shots, 1, 16, 16,
+                                                                                 generator=g)
+    return shots_.flatten(0, 1).expand(-1, 3, -1, -1)
+
+
+def test_nearest_across_flags_a_split_by_photograph_and_passes_a_split_by_object():
+    images = _photographed(objects=50, shots=5)  # 250 images, object = index // 5
+    by_object = nearest_across(images[:150], images[150:])  # objects 0..29 train, 30..49 held out
+    assert by_object.across == 0 and by_object.of == 100 and by_object.blind == pytest.approx(150 / 249)
+    order = torch.randperm(250, generator=torch.Generator().manual_seed(1))  # a split blind to objects
+    blind = nearest_across(images[order[:150]], images[order[150:]])
+    se = math.sqrt(blind.blind * (1 - blind.blind) / blind.of)
+    assert blind.across / blind.of > blind.blind - 4 * se  # the leak, at the value a blind split gives
+    assert by_object.across / by_object.of < by_object.blind / 4  # the chapter's bar
+    # half of the held-out objects leak one shot each into training: seen, though only where that shot
+    # is closer than the object's three other held-out shots (about a quarter of the 40)
+    leak = torch.cat([torch.arange(150), torch.arange(150, 250, 10)])
+    kept = torch.tensor([i for i in range(150, 250) if i % 10])
+    partial = nearest_across(images[leak], images[kept])
+    assert by_object.across < 10 <= partial.across < partial.of * partial.blind / 2
+
+
+def test_nearest_across_without_related_images_gives_the_blind_share_and_counts_ties_as_across():
+    unrelated = _photographed(objects=400, shots=1)  # every image its own object: no pair is closer
+    check = nearest_across(unrelated[:240], unrelated[240:])
+    se = math.sqrt(check.blind * (1 - check.blind) / check.of)
+    assert abs(check.across / check.of - check.blind) < 4 * se
+    twin = torch.cat([unrelated[:1], unrelated[:1]])  # a held-out pair whose copy is also in training
+    assert nearest_across(unrelated[:3], twin).across == 2
+    assert nearest_across(unrelated[:3].float(), unrelated[3:5].float() * 7 + 100) == nearest_across(
+        unrelated[:3], unrelated[3:5])  # a correlation: gain and offset do not matter
+    with pytest.raises(ValueError, match="two held-out"):
+        nearest_across(unrelated[:3], unrelated[3:4])
+
+
 @pytest.mark.skipif(not (REAL / "magnetic-tile" / "MT_Free").is_dir(), reason="needs the magnetic-tile data")
 def test_real_tiles_split_by_tile_leak_nothing_that_an_image_split_leaks():
     from vit_from_scratch.datasets import load_magnetic_tiles, split_masked
@@ -105,7 +147,13 @@ def test_real_tiles_split_by_tile_leak_nothing_that_an_image_split_leaks():
     before, of = leaked(by_image[0].masks, torch.cat([by_image[1].masks, by_image[2].masks]))
     assert before > of / 3  # the image split repeats many held-out defects
     train, val, test = group_split(tiles.data.labels, groups, val=0.2, test=0.2, seed=0)
-    assert leaked(tiles.masks[train], tiles.masks[torch.cat([val, test])])[0] == 0
+    assert leaked(tiles.masks[train], tiles.masks[torch.cat([val, test])])[0] == 0  # by construction
+    # the check that shares nothing with the grouping rules: closest photograph across the split
+    images = [p.data.images for p in by_image]
+    naive = nearest_across(images[0], torch.cat(images[1:]))
+    assert naive.across / naive.of > naive.blind - 4 * math.sqrt(naive.blind * (1 - naive.blind) / naive.of)
+    by_tile = nearest_across(tiles.data.images[train], tiles.data.images[torch.cat([val, test])])
+    assert by_tile.across / by_tile.of < by_tile.blind / 4
     for p in (train, val, test):
         assert torch.bincount(tiles.data.labels[p], minlength=6).min() > 0
 

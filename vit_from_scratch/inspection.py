@@ -4,8 +4,9 @@
   (files ``exp1_num_<n>`` ... ``exp6_num_<n>``), so one physical defect appears in several images with
   almost the same mask. :func:`tile_groups` derives which photographs show one tile (consecutive file
   numbers, each lighting at most once, then merged where two defect masks overlap),
-  :func:`group_split` keeps every group on one side of a split, and :func:`leaked` measures what an
-  image-level split lets through.
+  :func:`group_split` keeps every group on one side of a split, :func:`leaked` counts the defect masks an
+  image-level split repeats across it, and :func:`nearest_across`, which uses neither file names nor masks,
+  measures how often a held-out photograph's closest image is a training one.
 * **A binary detector.** Defect against defect-free: the precision-recall curve, ROC AUC, average
   precision, the threshold that catches a target share of the defects on validation
   (:func:`threshold_for_recall`) and what that threshold then does (:func:`detection_report`).
@@ -20,6 +21,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +29,8 @@ from torch import Tensor
 
 from .data import ImageSet
 
-__all__ = ["parse_tile_name", "mask_iou", "tile_groups", "group_split", "leaked", "pr_curve", "roc_auc",
+__all__ = ["parse_tile_name", "mask_iou", "tile_groups", "group_split", "leaked",
+           "NearestCheck", "nearest_across", "pr_curve", "roc_auc",
            "average_precision", "threshold_for_recall", "detection_report", "focal_loss",
            "balanced_resample", "bootstrap_interval"]
 
@@ -126,9 +129,9 @@ def group_split(labels: Tensor, groups: Tensor, *, val: float = 0.2, test: float
     """``(train, validation, test)`` image indices that keep every group on one side, class by class.
 
     A group counts as the class most of its images have. Each class's groups are shuffled (seeded) and
-    dealt out: to test while it holds fewer than ``test`` of the class's images, then to validation while
-    it holds fewer than ``val``, the rest to training. Parts are as close to the fractions as whole groups
-    allow.
+    dealt out greedily: to test while it holds fewer than ``test`` of the class's images, then to validation
+    while it holds fewer than ``val``, the rest to training. The last group dealt to a part can overshoot
+    its fraction by up to a group's size (a class of few, large groups: about, not exactly, the fractions).
     """
     if not (0 < val and 0 < test and val + test < 1):
         raise ValueError(f"val and test must be positive fractions that leave training images, got {val}, {test}")
@@ -154,13 +157,61 @@ def group_split(labels: Tensor, groups: Tensor, *, val: float = 0.2, test: float
 def leaked(train_masks: Tensor, held_masks: Tensor, *, small: float = 0.1, iou: float = 0.5) -> tuple[int, int]:
     """``(repeats, of)``: of the held-out images with a small defect (mask over 0 and under ``small`` of the
     image), how many repeat a training image's defect (mask IoU > ``iou`` with some training mask).
-    Small defects only, because two large masks overlap by their size alone."""
+    Small defects only, because two large masks overlap by their size alone. :func:`tile_groups` merges
+    exactly such pairs, so a :func:`group_split` of its groups scores 0 here by construction: check such a
+    split with :func:`nearest_across`, which does not share the rule."""
     area = _binary(held_masks).float().mean(1)
     small_ones = torch.nonzero((area > 0) & (area < small)).flatten()
     if len(small_ones) == 0 or len(train_masks) == 0:
         return 0, len(small_ones)
     best = mask_iou(held_masks[small_ones], train_masks).amax(1)
     return int((best > iou).sum()), len(small_ones)
+
+
+class NearestCheck(NamedTuple):
+    """What :func:`nearest_across` found: ``across`` of ``of`` held-out images have their closest image in
+    training; ``blind`` is the share a split blind to related images gives (training's share of the
+    other images), the value of a leaking split."""
+    across: int
+    of: int
+    blind: float
+
+
+def _pixel_features(images: Tensor, side: int) -> Tensor:
+    """(N, [C,] H, W) -> (N, D): gray, average-pooled to at most ``side`` px, centred, unit length."""
+    x = images.detach().cpu().float()
+    x = x.mean(1, keepdim=True) if x.ndim == 4 else x[:, None]
+    x = F.adaptive_avg_pool2d(x, (min(side, x.shape[-2]), min(side, x.shape[-1]))).flatten(1)
+    x = x - x.mean(1, keepdim=True)
+    return x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+
+def nearest_across(train_images: Tensor, held_images: Tensor, *, side: int = 32) -> NearestCheck:
+    """How many held-out images have their most similar image in training rather than among the other
+    held-out images: a leak measure that needs no file names, masks or groups.
+
+    Similarity is the pixel correlation of the images in gray, average-pooled to ``side`` px. Photographs
+    of one object (one tile under other lightings) resemble each other more than other objects, so a split
+    that keeps objects together finds each held-out image's closest match in its own part, and few across;
+    a split blind to them finds it in training as often as training holds the other images
+    (``blind``, about 0.6 for a 60/40 split). A tie counts as across. Compare ``across / of`` with
+    ``blind``.
+
+    Shape:
+        (T, [C,] H, W), (M, [C,] H, W) -> NearestCheck
+    """
+    if len(held_images) < 2 or len(train_images) < 1:
+        raise ValueError(f"need a training image and two held-out images, got {len(train_images)} and "
+                         f"{len(held_images)}")
+    if train_images.shape[1:] != held_images.shape[1:]:
+        raise ValueError(f"training images {tuple(train_images.shape[1:])} and held-out images "
+                         f"{tuple(held_images.shape[1:])} must have one shape")
+    train, held = _pixel_features(train_images, side), _pixel_features(held_images, side)
+    to_train = (held @ train.T).amax(1)  # (M,)
+    within = held @ held.T  # (M, M)
+    within.fill_diagonal_(-math.inf)
+    across = int((to_train >= within.amax(1)).sum())
+    return NearestCheck(across, len(held), len(train) / (len(train) + len(held) - 1))
 
 
 # A binary detector -----------------------------------------------------------------------------
