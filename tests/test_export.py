@@ -3,7 +3,7 @@
 An exported program and an ONNX file must compute what the model computes, with any batch size; a
 branch on a tensor's value must fail with the line named; each precision must give a smaller file
 whose logits stay near float32's; the graph's parts must be found; latency ratios must be ratios
-against the reference. The ONNX tests skip where torch has no dynamo exporter (torch < 2.5) or
+against the reference; a paired accuracy change must count only the images that change. The ONNX tests skip where torch has no dynamo exporter (torch < 2.5) or
 ONNX Runtime is missing.
 """
 
@@ -13,7 +13,8 @@ from torch import nn
 
 from vit_from_scratch.export import (PARTS, ExportError, LatencyRatio, convert_float16, export_onnx,
                                      export_program, graph_parts, interleaved_latency, onnx_export_available,
-                                     onnx_logits, onnx_session, quantize_dynamic_int8, quantize_static_int8)
+                                     onnx_logits, onnx_session, paired_accuracy_change, quantize_dynamic_int8,
+                                     quantize_static_int8)
 
 from _attention_tiny import images, tiny_model
 
@@ -47,6 +48,24 @@ def test_a_branch_on_a_value_fails_naming_the_line_and_prints_nothing(capsys):
     with pytest.raises(ExportError, match=r"branches on a tensor's value .*x\.mean\(\) > 0.*torch\.where"):
         export_program(_Branchy().eval(), torch.randn(2, 3))
     assert "def forward" not in capsys.readouterr().err, "the failed trace's graph code reached stderr"
+
+
+def test_a_paired_accuracy_change_counts_only_the_images_that_change():
+    g = torch.Generator().manual_seed(0)
+    before = torch.rand(1000, generator=g) < 0.8
+    after = before.clone()
+    after[:30] = ~after[:30]  # 30 images change, some each way
+    p = paired_accuracy_change(before, after)
+    assert (p.worse, p.better, p.n) == (int(before[:30].sum()), int((~before[:30]).sum()), 1000)
+    assert p.change == pytest.approx(after.float().mean().item() - before.float().mean().item())
+    d = after.double() - before.double()  # per image: -1, 0 or +1
+    assert p.standard_error == pytest.approx((d.var(unbiased=False) / 1000).sqrt().item())
+    one = (0.8 * 0.2 / 1000) ** 0.5  # one accuracy's binomial standard error
+    assert p.standard_error < 0.5 * one  # 30 changed images are far less noisy than 1000
+    same = paired_accuracy_change(before, before)
+    assert (same.change, same.standard_error, same.worse, same.better) == (0, 0, 0, 0)
+    with pytest.raises(ValueError, match="same images"):
+        paired_accuracy_change(before, after[:10])
 
 
 @pytest.fixture(scope="module")

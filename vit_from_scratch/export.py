@@ -11,7 +11,8 @@ Smaller files and faster arithmetic come from lower precisions, all made from th
 linear layers, attention's two products, softmax, LayerNorm, GELU, residual additions), so that a
 static quantisation can take the parts one at a time and measure which tolerate int8.
 :func:`interleaved_latency` times several runtimes in alternating rounds and reports each one's latency
-as a ratio against a reference, with the spread of that ratio across rounds.
+as a ratio against a reference, with the spread of that ratio across rounds. :func:`paired_accuracy_change`
+compares two precisions' accuracies on the same test images, with the standard error of a paired difference.
 
 Letters: B batch, C channels, H/W image side, K classes.
 """
@@ -38,7 +39,8 @@ from .efficiency import interleaved_benchmark
 
 __all__ = ["ExportError", "INPUT_NAME", "OUTPUT_NAME", "PARTS", "onnx_export_available", "export_program", "export_onnx",
            "onnx_session", "onnx_logits", "graph_parts", "quantize_dynamic_int8", "quantize_static_int8",
-           "convert_float16", "LatencyRatio", "interleaved_latency"]
+           "convert_float16", "PairedChange", "paired_accuracy_change", "LatencyRatio",
+           "interleaved_latency"]
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"  # the ONNX graph's input and output
 # the parts of a ViT's ONNX graph that :func:`graph_parts` finds, in the order of a block
@@ -289,6 +291,46 @@ def convert_float16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     with _quiet_quantizer():
         onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
     return dst
+
+
+# --------------------------------------------------------------------------- accuracy, paired
+
+
+@dataclass(frozen=True)
+class PairedChange:
+    """One model's test accuracy against another's on the same images (``after`` minus ``before``).
+
+    ``worse`` images were right before and wrong after, ``better`` the reverse; only they carry the
+    change, ``(better - worse) / n``. ``standard_error`` is that of a paired difference (McNemar's
+    setting): the per-image differences' standard deviation over ``sqrt(n)``, which is
+    ``sqrt(worse + better - (worse - better)**2 / n) / n``, and 0 when no image changes.
+    """
+
+    change: float
+    standard_error: float
+    worse: int
+    better: int
+    n: int
+
+
+def paired_accuracy_change(correct_before: Tensor, correct_after: Tensor) -> PairedChange:
+    """Compare two models' per-image correctness on the same images, paired image by image.
+
+    Two models that agree on most images make most of their mistakes on the same images, so the standard
+    error of one accuracy (``sqrt(p (1 - p) / n)``) overstates the noise of their difference; the paired
+    standard error counts only the images on which one is right and the other wrong.
+
+    Shape:
+        correct_before, correct_after: (n,) booleans, the same n images in the same order
+    """
+    before, after = correct_before.bool().flatten(), correct_after.bool().flatten()
+    if before.shape != after.shape or before.numel() == 0:
+        raise ValueError(f"give both models' correctness on the same images, got {tuple(correct_before.shape)} "
+                         f"and {tuple(correct_after.shape)}")
+    n = before.numel()
+    worse, better = int((before & ~after).sum()), int((~before & after).sum())
+    spread = max(worse + better - (worse - better) ** 2 / n, 0.0)  # n x variance of the differences
+    return PairedChange((better - worse) / n, spread ** 0.5 / n, worse, better, n)
 
 
 # --------------------------------------------------------------------------- latency
