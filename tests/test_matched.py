@@ -35,7 +35,7 @@ def test_train_run_uses_the_given_lr_not_the_configs():
     assert max(e["lr"] for e in low.history) <= 2e-5
 
 
-def test_search_chooses_on_validation_reuses_that_run_and_scores_test_once(monkeypatch):
+def test_search_chooses_on_validation_trains_fresh_seeds_and_scores_test_once(monkeypatch):
     import vit_from_scratch.matched as matched
 
     scored, trained = [], []
@@ -54,13 +54,20 @@ def test_search_chooses_on_validation_reuses_that_run_and_scores_test_once(monke
     search, runs = matched_comparison({"a": vit, "b": vit}, CONFIG, lrs=(1e-4, 1e-3, 1e-2), seeds=(0, 1, 2),
                                       train_set=TRAIN, val_set=VAL, test_set=TEST, lr_from={"b": "a"},
                                       log=None)
-    assert runs["a"][0] is search["a"][1e-3]  # the search's best run is seed 0 of the final ones
+    assert {r.seed for r in search["a"].values()} == {3}  # the search has its own seed
+    assert all(r is not s for r in runs["a"] for s in search["a"].values()), "no final run is a search run"
     assert [(r.lr, r.seed) for r in runs["a"]] == [(1e-3, 0), (1e-3, 1), (1e-3, 2)]
     assert search["b"] == {} and [(r.lr, r.seed) for r in runs["b"]] == [(1e-3, 0), (1e-3, 1), (1e-3, 2)]
-    assert len(trained) == 3 + 2 + 3  # a: three rates, two more seeds; b: three seeds, no search
-    assert scored == [TEST] * 6  # once per final run, never for the other search runs
+    assert len(trained) == 3 + 3 + 3  # a: three rates, then three seeds; b: three seeds, no search
+    assert scored == [TEST] * 6  # once per final run, never for a search run
     assert all(r.test_accuracy == 0.25 and r.model is None for rs in runs.values() for r in rs)
-    assert search["a"][1e-4].test_accuracy is None and search["a"][1e-2].model is None
+    assert all(r.test_accuracy is None and r.model is None for r in search["a"].values())
+
+
+def test_the_search_seed_must_not_be_a_final_seed():
+    with pytest.raises(ValueError, match="search_seed=1 is one of the final seeds"):
+        matched_comparison({"a": vit}, CONFIG, lrs=(1e-3,), seeds=(0, 1), train_set=TRAIN, val_set=VAL,
+                           test_set=TEST, search_seed=1)
 
 
 def test_a_tie_in_validation_goes_to_the_smaller_rate(monkeypatch):

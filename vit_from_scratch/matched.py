@@ -85,10 +85,14 @@ def _chosen(search: Mapping[float, Run]) -> Run:
 def matched_comparison(builders: Mapping[str, Callable[[], nn.Module]], config: TrainConfig, *,
                        lrs: Sequence[float], seeds: Sequence[int], train_set: ImageSet, val_set: ImageSet,
                        test_set: ImageSet, device: torch.device | str = "cpu",
-                       lr_from: Mapping[str, str] | None = None,
+                       lr_from: Mapping[str, str] | None = None, search_seed: int | None = None,
                        log: Callable[[str], object] | None = print) -> tuple[dict, dict]:
-    """Search each model's learning rate on validation (seed ``seeds[0]``), train the chosen rate with
-    the other seeds, and score every final run once on ``test_set``.
+    """Search each model's learning rate on validation (seed ``search_seed``), train the chosen rate with
+    every seed of ``seeds``, and score every final run once on ``test_set``.
+
+    The final runs are fresh: none of them is a search run. A search run is the best of several on
+    validation, so reusing it would hand a searched model one selected draw that a model taking its rate
+    by ``lr_from`` does not get. ``search_seed`` defaults to one more than the largest seed.
 
     ``lr_from`` maps an ablation to the model whose chosen rate it reuses (e.g. unshifted windows take
     the shifted Swin's), so the ablation changes one thing only; it must come after that model.
@@ -100,6 +104,10 @@ def matched_comparison(builders: Mapping[str, Callable[[], nn.Module]], config: 
         raise ValueError(f"give at least two different seeds (the comparison needs a spread), got {tuple(seeds)}")
     if not lrs:
         raise ValueError("give at least one learning rate to search")
+    search_seed = max(seeds) + 1 if search_seed is None else search_seed
+    if search_seed in seeds:
+        raise ValueError(f"search_seed={search_seed} is one of the final seeds {tuple(seeds)}: the final runs "
+                         "must not include the search's selected run; pick another search seed")
     names = list(builders)
     for name, source in lr_from.items():
         if name not in builders or source not in builders or names.index(source) > names.index(name):
@@ -116,11 +124,11 @@ def matched_comparison(builders: Mapping[str, Callable[[], nn.Module]], config: 
             return run
 
         if name in lr_from:
-            search[name], first = {}, one(runs[lr_from[name]][0].lr, seeds[0])
+            search[name], lr = {}, runs[lr_from[name]][0].lr
         else:
-            search[name] = {lr: one(lr, seeds[0]) for lr in lrs}
-            first = _chosen(search[name])
-        runs[name] = [first] + [one(first.lr, seed) for seed in seeds[1:]]
+            search[name] = {lr: one(lr, search_seed) for lr in lrs}
+            lr = _chosen(search[name]).lr
+        runs[name] = [one(lr, seed) for seed in seeds]
         for run in runs[name]:  # the test set, once per final run
             run.test_accuracy = accuracy_on(run.model, test_set, train_set=train_set, device=device)
         for run in [*search[name].values(), *runs[name]]:
