@@ -16,7 +16,7 @@ CHAPTER = {
     "patches": 1, "positions": 2, "attention": 3, "encoder": 4,
     "config": 5, "model": 5, "state_dicts": 5, "interop": 5,
     "data": 6, "loaders": 6, "checkpoints": 6, "recipe": 6, "training": 6, "cli": 6, "train": 6, "parallel": 6,
-    "policies": 6, "averaging": 6, "evaluation": 6, "loss_guard": 6,
+    "policies": 6, "averaging": 6, "evaluation": 6, "loss_guard": 6, "near_copies": 6,
     "attention_maps": 7, "attention_plots": 7, "explorer": 7, "attention_checks": 7,
     "efficiency": 8,
     "cnn": 9, "distillation": 9, "learning_curve": 9, "small_data": 9,

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .data import ImageSet
+from .near_copies import centred_unit
 
 __all__ = ["parse_tile_name", "mask_iou", "tile_groups", "group_split", "leaked",
            "NearestCheck", "nearest_across", "pr_curve", "roc_auc",
@@ -181,9 +182,7 @@ def _pixel_features(images: Tensor, side: int) -> Tensor:
     """(N, [C,] H, W) -> (N, D): gray, average-pooled to at most ``side`` px, centred, unit length."""
     x = images.detach().cpu().float()
     x = x.mean(1, keepdim=True) if x.ndim == 4 else x[:, None]
-    x = F.adaptive_avg_pool2d(x, (min(side, x.shape[-2]), min(side, x.shape[-1]))).flatten(1)
-    x = x - x.mean(1, keepdim=True)
-    return x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    return centred_unit(F.adaptive_avg_pool2d(x, (min(side, x.shape[-2]), min(side, x.shape[-1]))))
 
 
 def nearest_across(train_images: Tensor, held_images: Tensor, *, side: int = 32) -> NearestCheck:
