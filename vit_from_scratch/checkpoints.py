@@ -29,7 +29,7 @@ import torch
 
 from .config import ViTConfig
 from .model import VisionTransformer
-from .runtime import pick_device
+from .runtime import durable_replace, pick_device
 
 __all__ = [
     "WEIGHTS_DIR", "CheckpointError", "atomic_write", "check_writable", "check_room", "remove_stale_temporaries",
@@ -62,34 +62,18 @@ def _free_mib(folder: Path) -> float:
         return float("nan")
 
 
-def _fsync(path: Path) -> None:
-    """Flush ``path`` (a file, or a folder's entries) to the disk. Windows cannot open a folder; there the
-    rename is flushed by the file system itself."""
-    if path.is_dir() and os.name == "nt":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(write: Callable[[Path], object], path: str | os.PathLike) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path`` atomically.
 
-    The temporary name carries the process id, so two processes never write the same temporary file.
-    A write that fails (a full disk, an interruption) leaves the previous ``path`` as it was. The file's
-    bytes reach the disk before the rename, and the rename itself after it (``fsync`` of the file, then of
-    the folder), so a power cut leaves the old file or the complete new one, never an empty one.
-    """
+    The temporary name carries the process id, so two processes never write the same temporary file. A
+    failed write (a full disk, an interruption) leaves ``path`` as it was; :func:`durable_replace` flushes
+    the bytes and the rename to the disk, so a power cut never leaves an empty file either."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)  # atomic on POSIX and Windows: readers see the old file or the new one
-        _fsync(path.parent)
+        durable_replace(tmp, path)
     except (OSError, RuntimeError) as error:
         if not _no_space(error):
             raise

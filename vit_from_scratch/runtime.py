@@ -24,7 +24,7 @@ import torch
 
 __all__ = ["pick_device", "seed_everything", "seed_offset", "is_quick", "budget", "environment_report",
            "synchronize", "to_device", "Timing", "benchmark", "run_side_by_side", "network_available", "claim",
-           "results_file", "device_of"]
+           "results_file", "device_of", "durable_replace"]
 
 T = TypeVar("T")
 
@@ -162,6 +162,25 @@ def device_of(report: str) -> str:
     if not first.startswith("device: "):
         raise ValueError(f"not an environment_report line (it starts 'device: ...'): {report[:80]!r}")
     return first[len("device: "):]
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durable_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Rename ``src`` over ``dst`` atomically (a reader sees the old file or the new one), with the bytes
+    flushed to the disk before the rename and the rename after it, so a power cut never leaves an empty
+    file. Windows cannot open a folder: there the folder's flush is left to the file system."""
+    src, dst = Path(src), Path(dst)
+    _fsync(src)
+    os.replace(src, dst)
+    if os.name != "nt":
+        _fsync(dst.parent)
 
 
 def synchronize(device: torch.device | str | None = None) -> None:
