@@ -193,8 +193,8 @@ def show_position_similarity(similarity: Tensor, ax: plt.Axes | None = None, tit
         for j in range(w):
             canvas[i * (h2 + 1):i * (h2 + 1) + h2, j * (w2 + 1):j * (w2 + 1) + w2] = sim[i, j]
     image = ax.imshow(np.ma.masked_invalid(canvas), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
-    ax.set_xticks([(w2 + 1) * j + (w2 - 1) / 2 for j in range(w)], [str(j + 1) for j in range(w)], fontsize=6)
-    ax.set_yticks([(h2 + 1) * i + (h2 - 1) / 2 for i in range(h)], [str(i + 1) for i in range(h)], fontsize=6)
+    ax.set_xticks([(w2 + 1) * j + (w2 - 1) / 2 for j in range(w)], [str(j + 1) for j in range(w)], fontsize=9)
+    ax.set_yticks([(h2 + 1) * i + (h2 - 1) / 2 for i in range(h)], [str(i + 1) for i in range(h)], fontsize=9)
     ax.set_xlabel("input patch column")
     ax.set_ylabel("input patch row")
     ax.tick_params(length=0)
