@@ -59,15 +59,24 @@ def draw_patch_grid(image: Tensor | np.ndarray, patch_size: int, ax: plt.Axes | 
 
 
 def show_patch_tokens(patches: Tensor, patch_size: int, count: int | None = None,
-                      fig: plt.Figure | None = None, title: str | None = None) -> plt.Figure:
-    """Lay flattened patches (N, C*P*P) out as a sequence: one small image per token, left to right."""
+                      fig: plt.Figure | None = None, title: str | None = None,
+                      per_row: int = 14) -> plt.Figure:
+    """Lay flattened patches (N, C*P*P) out as a sequence: one small image per token, left to right,
+    ``per_row`` tokens to a row (14, one row of a 224-pixel image's grid of 16-pixel patches)."""
     N = patches.shape[0] if count is None else min(count, patches.shape[0])
+    if per_row < 1:
+        raise ValueError(f"per_row={per_row}: need at least one token per row")
     C = patches.shape[1] // (patch_size * patch_size)
-    fig = fig if fig is not None else plt.figure(figsize=(min(N, 28) * 0.5, 0.9))
-    axes = fig.subplots(1, N, squeeze=False)[0]
-    for n, ax in enumerate(axes):
+    cols, rows = min(N, per_row), -(-N // per_row)
+    fig = fig if fig is not None else plt.figure(figsize=(cols * 0.8, rows * 1.0 + 0.4))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for n, ax in enumerate(axes.flat):
+        if n >= N:
+            ax.axis("off")
+            continue
         show_image(patches[n].reshape(C, patch_size, patch_size), ax)
-        ax.set_xlabel(str(n), fontsize=6, labelpad=1)
+        ax.set_xlabel(str(n), fontsize=9, labelpad=1)
     if title:
-        fig.suptitle(title, y=1.15, fontsize=10)
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return fig
