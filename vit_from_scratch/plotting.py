@@ -41,8 +41,15 @@ def show_image(image: Tensor | np.ndarray, ax: plt.Axes | None = None, title: st
 
 
 def draw_patch_grid(image: Tensor | np.ndarray, patch_size: int, ax: plt.Axes | None = None,
-                    title: str | None = None, numbers: bool = True, color: str = "white") -> plt.Axes:
-    """Show an image with its patch grid drawn on top, each patch numbered in token order."""
+                    title: str | None = None, numbers: bool = True, color: str = "white",
+                    fontsize: float = 6) -> plt.Axes:
+    """Show an image with its patch grid drawn on top, each patch numbered in token order.
+
+    The numbers are drawn at ``fontsize`` points; a figure that gives each patch more room can
+    afford larger ones.
+    """
+    if fontsize <= 0:
+        raise ValueError(f"fontsize={fontsize}: the numbers need a positive size in points")
     ax = show_image(image, ax, title)
     H, W = to_numpy_image(image).shape[:2]
     for y in range(0, H + 1, patch_size):
@@ -53,7 +60,7 @@ def draw_patch_grid(image: Tensor | np.ndarray, patch_size: int, ax: plt.Axes | 
         for i in range(H // patch_size):
             for j in range(W // patch_size):
                 ax.text(j * patch_size + 2, i * patch_size + 2, str(i * (W // patch_size) + j),
-                        color=color, fontsize=6, va="top", ha="left",
+                        color=color, fontsize=fontsize, va="top", ha="left",
                         bbox=dict(facecolor="black", alpha=0.4, pad=0.5, lw=0))
     return ax
 
