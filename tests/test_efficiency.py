@@ -10,7 +10,8 @@ from vit_from_scratch.attention import attention
 from vit_from_scratch.efficiency import (Interval, SavedTensorMemory, TensorMemoryTracker,
                                          attention_matrix_bytes, autocast_works, block_ratios, growth_exponent,
                                          growth_words, interleaved_benchmark, median_interval, peak_memory,
-                                         round_ratios, running_mean, speed_verdict, step_noise)
+                                         round_ratios, running_mean, speed_verdict, step_noise,
+                                         curve_gaps)
 from vit_from_scratch.runtime import Timing
 from vit_from_scratch.model import ViTConfig, VisionTransformer
 
@@ -206,3 +207,21 @@ def test_growth_words_describe_the_whole_interval():
     assert growth_words(interval(1.6, 1.97)) == "faster than linearly"
     assert growth_words(interval(2.4, 2.6)) == "faster than quadratically"
     assert growth_words(interval(1.1, 1.9)) == "at a rate these measurements do not settle"
+
+
+def test_curve_gaps_measure_the_largest_distance_between_running_means():
+    reference = [4.0, 3.0, 2.0, 1.0, 0.0]
+    slower = [4.0, 3.5, 3.0, 2.5, 2.0]
+    result = curve_gaps({"float32": reference, "bf16": slower}, "float32", window=2)
+    # running means 3.5 2.5 1.5 0.5 against 3.75 3.25 2.75 2.25: largest gap 1.75
+    assert result.gaps == {"bf16": pytest.approx(1.75)}
+    assert result.fall == pytest.approx(3.0)
+    assert result.shares() == {"bf16": pytest.approx(1.75 / 3.0)}
+    assert result.noise == pytest.approx(0.0, abs=1e-12)
+
+
+def test_curve_gaps_refuse_curves_that_cannot_be_compared_step_by_step():
+    with pytest.raises(ValueError, match="same number of steps"):
+        curve_gaps({"a": [1, 2, 3, 4], "b": [1, 2, 3]}, "a", window=2)
+    with pytest.raises(ValueError, match="reference 'c'"):
+        curve_gaps({"a": [1, 2, 3], "b": [1, 2, 3]}, "c", window=2)

@@ -43,7 +43,7 @@ from .runtime import Timing, benchmark
 
 __all__ = ["SavedTensorMemory", "TensorMemoryTracker", "peak_memory",
            "attention_matrix_bytes", "autocast_works", "growth_exponent", "running_mean",
-           "step_noise", "interleaved_benchmark", "round_ratios", "block_ratios", "Interval",
+           "step_noise", "curve_gaps", "interleaved_benchmark", "round_ratios", "block_ratios", "Interval",
            "median_interval", "speed_verdict", "growth_words"]
 
 
@@ -206,6 +206,42 @@ def step_noise(values: Iterable[float]) -> float:
     if len(v) < 3:
         raise ValueError(f"need at least 3 values, got {len(v)}")
     return float(np.std(np.diff(v)) / np.sqrt(2))
+
+
+@dataclass(frozen=True)
+class CurveGaps:
+    """How far loss curves strayed from a reference curve trained on the same batches.
+
+    ``gaps`` holds, per curve, the largest distance between its running mean and the reference's
+    (in loss units); ``fall`` is the reference's running mean, first window minus last, and
+    ``noise`` its :func:`step_noise`.
+    """
+
+    gaps: dict[str, float]
+    fall: float
+    noise: float
+
+    def shares(self) -> dict[str, float]:
+        """Each gap as a fraction of the reference's fall."""
+        return {name: gap / self.fall for name, gap in self.gaps.items()}
+
+
+def curve_gaps(curves: dict[str, Iterable[float]], reference: str, window: int) -> CurveGaps:
+    """Compare loss curves step by step with ``curves[reference]``, through running means.
+
+    All curves must have the same length: they are meant to be trained in lockstep, on the same
+    batches, so that step ``t`` of one faces step ``t`` of the other.
+    """
+    if reference not in curves:
+        raise ValueError(f"reference {reference!r} is not among the curves {sorted(curves)}")
+    values = {name: np.asarray(list(v), float) for name, v in curves.items()}
+    lengths = {name: len(v) for name, v in values.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"the curves must have the same number of steps, got {lengths}")
+    ref = running_mean(values[reference], window)
+    gaps = {name: float(np.abs(running_mean(v, window) - ref).max())
+            for name, v in values.items() if name != reference}
+    return CurveGaps(gaps, float(ref[0] - ref[-1]), step_noise(values[reference]))
 
 
 def interleaved_benchmark(fns: dict[str, Callable[[], Any]], *, rounds: int = 5, repeats: int = 5, warmup: int = 1,
