@@ -8,6 +8,9 @@
 # Usage, from the repository root through the `run` tool (the archive copied into .gpu/ first and carried):
 #   mkdir -p .gpu && cp /work/shared/data/cifar10-jpeg.tar.gz .gpu/
 #   run(command="bash tests/benchmarks/gpu_recipe.sh $OUT", carry=[".gpu"], timeout_s=480)
+# (After gpu_speed.sh on the same warm machine, a 15-minute device session has about 5 minutes left: prefix
+#  LIMIT_S with the device seconds left minus 60, e.g. LIMIT_S=240, and pass timeout_s=LIMIT_S+30; runs that
+#  would not fit are skipped and recorded, and RESULTS=... continues the file in a later session.)
 # By hand:  [ARCHIVE=...] [LIMIT_S=...] [RESULTS=earlier.jsonl] [EXTRA="--epochs 20"] bash gpu_recipe.sh OUTDIR
 # On a CPU (the tests): DEVICE=cpu EXTRA="--tiny --epochs 1 ..."; nvidia-smi is skipped when absent.
 set -u
