@@ -39,7 +39,8 @@ class DistilledVisionTransformer(VisionTransformer):
     initialising (``weight_init="skip"``); the new parts are added, then everything is initialised once.
 
     In training mode the forward pass returns ``(cls_logits, dist_logits)``, one per head; in eval mode
-    the average ``(cls_logits + dist_logits) / 2`` (DeiT's choice at inference).
+    the average ``(cls_logits + dist_logits) / 2`` (timm's choice at inference; the DeiT paper adds the
+    two heads' softmax outputs instead).
 
     Args:
         config: a :class:`ViTConfig` or a size name; it must use class-token pooling.
