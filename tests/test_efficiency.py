@@ -205,6 +205,7 @@ def test_growth_words_describe_the_whole_interval():
     assert growth_words(interval(0.95, 1.05)) == "about linearly"
     assert growth_words(interval(1.9, 2.2)) == "about quadratically"
     assert growth_words(interval(1.6, 1.97)) == "faster than linearly"
+    assert growth_words(interval(2.06, 2.40)) == "about quadratically or faster"  # not weaker words
     assert growth_words(interval(2.4, 2.6)) == "faster than quadratically"
     assert growth_words(interval(1.1, 1.9)) == "at a rate these measurements do not settle"
 

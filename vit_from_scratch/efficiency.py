@@ -358,8 +358,9 @@ def growth_words(exponent: Interval) -> str:
     """Words for a fitted growth exponent (1 linear, 2 quadratic) that the whole interval supports.
 
     Bands: below 1.3 about linear, 1.3-1.7 in between, 1.7-2.3 about quadratic, above that faster. An
-    interval inside one band gets its words; one that spans bands but lies above 1.3 is "faster than
-    linearly"; otherwise the words say that the measurements do not settle the kind of growth.
+    interval inside one band gets its words; one that spans bands but lies above 1.7 is "about
+    quadratically or faster", above 1.3 "faster than linearly"; otherwise the words say that the
+    measurements do not settle the kind of growth.
     """
     def band(a: float) -> str:
         return next(words for limit, words in _GROWTH if a < limit)
@@ -367,6 +368,8 @@ def growth_words(exponent: Interval) -> str:
     low, high = band(exponent.low), band(exponent.high)
     if low == high:
         return low
+    if exponent.low >= _GROWTH[1][0]:
+        return "about quadratically or faster"
     if exponent.low >= _GROWTH[0][0]:
         return "faster than linearly"
     return "at a rate these measurements do not settle"
